@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both set up everything themselves on a fresh Debian machine (python3, pip,
+# node/npm and apt-get are all that is assumed).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: run test setup system-deps protos lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[local,dev]'
+	touch $(STAMP)
+
+$(NODE_STAMP): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+# redis-server backs the shared rate limiter tests; it comes from Debian's packages.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+setup: $(STAMP) $(NODE_STAMP)
+
+## Run the service on the embedded local KMS (moto), on 127.0.0.1:50051.
+run: $(STAMP)
+	$(VENV)/bin/kms-policy-service --local-kms --log-format text
+
+## Run the whole test suite (unit, integration, grpcurl, node, buf, manifests).
+test: setup system-deps
+	$(PY) -m pytest
+
+protos: $(STAMP)
+	$(PY) protos/generate.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cd protos && ../node_modules/.bin/buf lint
+
+bench: setup system-deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

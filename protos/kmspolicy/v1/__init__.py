@@ -1,0 +1,1 @@
+"""Generated stubs of the kmspolicy.v1 contract (regenerate with `make protos`)."""

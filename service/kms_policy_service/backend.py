@@ -1,0 +1,72 @@
+"""The KMS backend interface: the five calls the service makes, and their values.
+
+The real implementation (kms.AioKmsBackend) speaks to KMS over HTTP through
+aiobotocore; tests and benchmarks may plug in an in-process fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class KeyMetadata:
+    """What DescribeKey tells the service about a key."""
+
+    arn: str
+    key_id: str
+    key_manager: str  # "CUSTOMER" or "AWS"
+    key_state: str
+
+    @property
+    def aws_managed(self) -> bool:
+        return self.key_manager == "AWS"
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """STS GetCallerIdentity: the service's own account and principal."""
+
+    account: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class PolicyPage:
+    names: tuple[str, ...]
+    next_marker: str | None
+
+
+class KmsFailure(Exception):
+    """A KMS call failed; `code` is KMS's error code or one of errors' transport pseudo-codes."""
+
+    def __init__(self, code: str, message: str = "", *, http_status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+
+class KmsBackend(Protocol):
+    """The KMS operations the service uses, per Region. Failures raise KmsFailure."""
+
+    async def describe_key(self, key_id: str, *, region: str) -> KeyMetadata: ...
+
+    async def get_key_policy(self, key_arn: str, policy_name: str, *, region: str) -> str: ...
+
+    async def put_key_policy(
+        self,
+        key_arn: str,
+        policy_name: str,
+        policy: str,
+        *,
+        bypass_lockout_check: bool,
+        region: str,
+    ) -> None: ...
+
+    async def list_key_policies(
+        self, key_arn: str, *, limit: int | None, marker: str | None, region: str
+    ) -> PolicyPage: ...
+
+    async def get_caller_identity(self) -> CallerIdentity: ...

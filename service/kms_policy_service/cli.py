@@ -1,0 +1,146 @@
+"""The `kms-policy-service` command: flags and KMS_POLICY_* environment -> Settings -> serve.
+
+Every flag also reads the environment variable KMS_POLICY_<FLAG> (dashes as
+underscores, upper case); a flag on the command line wins.
+
+Exit codes: 0 clean stop, 2 bad configuration, 3 could not start (KMS, port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kms_policy_service import settings as defaults
+from kms_policy_service.logs import configure as configure_logging
+from kms_policy_service.settings import Settings, SettingsError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+ENV_PREFIX = "KMS_POLICY_"
+
+log = logging.getLogger("kms_policy_service")
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _regions(value: str) -> frozenset[str]:
+    return frozenset(r.strip() for r in value.split(",") if r.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    field: str
+    help: str
+    parse: Callable[[str], Any] = str
+    is_switch: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--listen", "listen", f"gRPC listen address HOST:PORT (default {defaults.DEFAULT_LISTEN})"),
+    Option("--region", "region", "home AWS Region (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1)"),
+    Option("--allowed-regions", "allowed_regions", "other Regions served, comma-separated", _regions),
+    Option("--local-kms", "local_kms", "run an embedded KMS emulator (moto) with a demo key", _bool, True),
+    Option("--kms-endpoint-url", "kms_endpoint_url", "KMS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_KMS)"),
+    Option("--sts-endpoint-url", "sts_endpoint_url", "STS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_STS)"),
+    Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR (default INFO)", str.upper),
+    Option("--log-format", "log_format", "json or text (default json)"),
+    Option("--shutdown-grace", "shutdown_grace", "seconds in-flight calls get on SIGTERM (default 10)", float),
+    Option("--kms-connect-timeout", "kms_connect_timeout", "seconds (default 2)", float),
+    Option("--kms-read-timeout", "kms_read_timeout", "seconds (default 5)", float),
+    Option("--kms-max-pool-connections", "kms_max_pool_connections", "HTTP connections to KMS (default 64)", int),
+    Option("--key-cache-ttl", "key_cache_ttl", "seconds a key resolution is cached; 0 disables (default 30)", float),
+    Option("--default-deadline", "default_deadline", "seconds for calls without a gRPC deadline (default 10)", float),
+    Option("--retry-max-attempts", "retry_max_attempts", "KMS attempts per call, retries included (default 3)", int),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kms-policy-service",
+        description="gRPC service fronting the AWS KMS key-policy operations.",
+        epilog="Every flag also reads KMS_POLICY_<FLAG>, e.g. KMS_POLICY_LISTEN.",
+    )
+    for opt in OPTIONS:
+        if opt.is_switch:
+            parser.add_argument(opt.flag, dest=opt.field, action="store_const", const="true", help=f"{opt.help} [{opt.env}]")
+        else:
+            parser.add_argument(opt.flag, dest=opt.field, metavar=opt.field.upper(), help=f"{opt.help} [{opt.env}]")
+    return parser
+
+
+def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settings:
+    """Flags over KMS_POLICY_* over AWS_REGION/AWS_DEFAULT_REGION over defaults."""
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        values["region"] = region
+    for opt in OPTIONS:
+        raw = args.get(opt.field)
+        source = opt.flag
+        if raw is None:
+            raw, source = environ.get(opt.env), opt.env
+        if raw is None:
+            continue
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc}") from exc
+    return Settings(**values)
+
+
+def run(settings: Settings) -> int:
+    from kms_policy_service.server import Server
+
+    async def main() -> None:
+        await Server(settings).serve()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a default dependency
+        runner: Callable[[Any], Any] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(main())
+    except OSError as exc:
+        log.error("could not start: %s", exc)
+        return EXIT_STARTUP
+    except Exception as exc:
+        log.error("could not start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return EXIT_STARTUP
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = settings_from(argv, dict(os.environ))
+    except SettingsError as exc:
+        print(f"kms-policy-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    return run(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

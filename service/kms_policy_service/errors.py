@@ -1,0 +1,387 @@
+"""The service's error vocabulary, and THE table from KMS failures to gRPC statuses.
+
+Exception tree (each class fixes its gRPC code; the reason varies per instance)::
+
+    ServiceError
+    ├── InvalidArgument      INVALID_ARGUMENT
+    ├── NotFound             NOT_FOUND
+    ├── FailedPrecondition   FAILED_PRECONDITION
+    ├── Aborted              ABORTED
+    ├── PermissionDenied     PERMISSION_DENIED
+    ├── Unauthenticated      UNAUTHENTICATED
+    ├── ResourceExhausted    RESOURCE_EXHAUSTED
+    ├── Unavailable          UNAVAILABLE
+    ├── DeadlineExceeded     DEADLINE_EXCEEDED
+    └── Internal             INTERNAL
+
+`KMS_ERROR_TABLE` maps a KMS error code (or one of the transport pseudo-codes
+below) onto one of these; `from_kms_failure` is the one place that reads it and
+`to_status` the one place that turns an error into a google.rpc.Status.
+docs/errors.md renders the same table, and a test keeps the two equal.
+
+This module imports only grpc and google.rpc (and the standard library).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "kmspolicy.v1"
+
+# Transport pseudo-codes: failures that never reached KMS's error parser.
+CONNECTION_ERROR = "ConnectionError"  # refused, reset, dropped, DNS
+READ_TIMEOUT = "ReadTimeout"  # connect or read timeout
+HTTP_5XX = "HTTP5xx"  # a 5xx whose body named no known error code
+CREDENTIALS_MISSING = "NoCredentials"  # no usable AWS credentials in the chain
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field; for `policy`, `path` is the JSON path inside the document."""
+
+    field: str
+    description: str
+    reason: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """The bucket that refused a call (operation, caller or key)."""
+
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    type: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    type: str
+    name: str
+    description: str = ""
+
+
+class ServiceError(Exception):
+    """Base of every error a caller can see. Subclasses fix the gRPC code."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    default_reason: ClassVar[str] = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        quota_violations: Sequence[QuotaViolation] = (),
+        precondition_violations: Sequence[PreconditionViolation] = (),
+        resource: Resource | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.field_violations = tuple(field_violations)
+        self.quota_violations = tuple(quota_violations)
+        self.precondition_violations = tuple(precondition_violations)
+        self.resource = resource
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message})"
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "KEY_NOT_FOUND"
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(ServiceError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "CALLER_NOT_AUTHORIZED"
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RATE_LIMITED"
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "KMS_UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+ERROR_CLASSES: dict[grpc.StatusCode, type[ServiceError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        Aborted,
+        PermissionDenied,
+        Unauthenticated,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+
+
+@dataclass(frozen=True)
+class KmsErrorRule:
+    """How one KMS failure reaches the caller."""
+
+    error: type[ServiceError]
+    reason: str
+    retryable: bool  # by the service's own retry loop
+    message: str | None = None  # replaces KMS's text where that could leak the service's role
+    retry_after: float | None = None  # RetryInfo hint to the caller, seconds
+    operations: frozenset[str] = field(default_factory=frozenset)  # empty: every operation
+
+
+# THE table. Keyed by KMS error code (`__type` / Error.Code) or transport pseudo-code;
+# a list where the answer depends on the operation (first matching row wins).
+# Sources: KMS API Reference "Errors" section of each operation, "Common Errors",
+# and the botocore model (../shared/reference/kms-facts.md).
+KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
+    # API Reference, PutKeyPolicy/GetKeyPolicy: "The request was rejected because a
+    # specified ARN, or an ARN in a key policy, is not valid."
+    "InvalidArnException": (KmsErrorRule(InvalidArgument, "KMS_INVALID_ARN", False),),
+    # API Reference, PutKeyPolicy: the policy has syntax errors or names unknown principals.
+    "MalformedPolicyDocumentException": (
+        KmsErrorRule(InvalidArgument, "KMS_MALFORMED_POLICY", False),
+    ),
+    # Common Errors: "The input fails to satisfy the constraints specified by an AWS service."
+    "ValidationException": (KmsErrorRule(InvalidArgument, "KMS_VALIDATION", False),),
+    # API Reference, PutKeyPolicy: the policy exceeds the 32 KB limit, which cannot be
+    # raised, so it is a bad request and never retried. Elsewhere it is a quota.
+    "LimitExceededException": (
+        KmsErrorRule(
+            InvalidArgument,
+            "POLICY_TOO_LARGE",
+            False,
+            operations=frozenset({"PutKeyPolicy"}),
+        ),
+        KmsErrorRule(ResourceExhausted, "KMS_LIMIT_EXCEEDED", False, retry_after=1.0),
+    ),
+    # API Reference: "The request was rejected because the specified entity or resource
+    # could not be found."
+    "NotFoundException": (KmsErrorRule(NotFound, "KEY_NOT_FOUND", False),),
+    # API Reference: the key's state does not allow the operation (also seen during
+    # eventual-consistency windows right after a change).
+    "KMSInvalidStateException": (KmsErrorRule(FailedPrecondition, "KMS_INVALID_STATE", False),),
+    # API Reference: "The request was rejected because a specified parameter is not
+    # supported or a specified resource is not valid for this operation."
+    "UnsupportedOperationException": (
+        KmsErrorRule(FailedPrecondition, "KMS_UNSUPPORTED_OPERATION", False),
+    ),
+    # Common Errors: the service's own role lacks the permission. The KMS text names
+    # that role, so callers get our own sentence.
+    "AccessDeniedException": (
+        KmsErrorRule(
+            PermissionDenied,
+            "KMS_ACCESS_DENIED",
+            False,
+            message="KMS denied the service's own AWS role this operation; "
+            "an operator must grant it (see deploy/iam-policy.json)",
+        ),
+    ),
+    # Common Errors: "The request was denied due to request throttling."
+    "ThrottlingException": (
+        KmsErrorRule(ResourceExhausted, "KMS_THROTTLED", True, retry_after=1.0),
+    ),
+    # API Reference: "The system timed out while trying to fulfill the request. You can
+    # retry the request."
+    "DependencyTimeoutException": (
+        KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
+    ),
+    # API Reference: "The request was rejected because an internal exception occurred.
+    # The request can be retried."
+    "KMSInternalException": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
+    # Common Errors: ServiceUnavailable (503) and InternalFailure (500).
+    "ServiceUnavailable": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
+    "InternalFailure": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
+    HTTP_5XX: (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
+    CONNECTION_ERROR: (
+        KmsErrorRule(
+            Unavailable,
+            "KMS_UNAVAILABLE",
+            True,
+            message="could not reach KMS",
+            retry_after=1.0,
+        ),
+    ),
+    READ_TIMEOUT: (
+        KmsErrorRule(
+            Unavailable,
+            "KMS_UNAVAILABLE",
+            True,
+            message="KMS did not answer in time",
+            retry_after=1.0,
+        ),
+    ),
+    # The service's own credentials: never UNAUTHENTICATED, which would blame the caller.
+    # Common Errors: IncompleteSignature, InvalidClientTokenId, MissingAuthenticationToken;
+    # STS/KMS: UnrecognizedClientException, ExpiredTokenException, InvalidSignatureException.
+    **{
+        code: (
+            KmsErrorRule(
+                Unavailable,
+                "KMS_CREDENTIALS",
+                False,
+                message="the service's AWS credentials are missing, expired or rejected; "
+                "an operator must fix them",
+                retry_after=5.0,
+            ),
+        )
+        for code in (
+            CREDENTIALS_MISSING,
+            "UnrecognizedClientException",
+            "ExpiredTokenException",
+            "ExpiredToken",
+            "InvalidSignatureException",
+            "IncompleteSignature",
+            "InvalidClientTokenId",
+            "MissingAuthenticationToken",
+            "SignatureDoesNotMatch",
+        )
+    },
+}
+
+# An unknown KMS code: a bug or a new KMS error; the caller gets a generic INTERNAL.
+UNKNOWN_KMS_ERROR = KmsErrorRule(Internal, "INTERNAL", False, message="internal error")
+
+
+def kms_rule(code: str, operation: str, http_status: int | None = None) -> KmsErrorRule:
+    """The table row for a KMS failure of `operation`."""
+    for rule in KMS_ERROR_TABLE.get(code, ()):
+        if not rule.operations or operation in rule.operations:
+            return rule
+    if http_status is not None and http_status >= 500:
+        return KMS_ERROR_TABLE[HTTP_5XX][0]
+    return UNKNOWN_KMS_ERROR
+
+
+def from_kms_failure(
+    code: str,
+    message: str,
+    *,
+    operation: str,
+    http_status: int | None = None,
+    key_arn: str | None = None,
+) -> ServiceError:
+    """Turn one KMS failure into the caller-facing error, per KMS_ERROR_TABLE."""
+    rule = kms_rule(code, operation, http_status)
+    metadata = {"kmsErrorCode": code, "kmsOperation": operation}
+    if key_arn:
+        metadata["keyArn"] = key_arn
+    text = rule.message or f"KMS {operation} failed: {code}: {message or 'no message'}"
+    resource = Resource("kms-key", key_arn) if key_arn and rule.error is NotFound else None
+    return rule.error(
+        text,
+        reason=rule.reason,
+        metadata=metadata,
+        retry_after=rule.retry_after,
+        resource=resource,
+    )
+
+
+def is_retryable(code: str, operation: str, http_status: int | None = None) -> bool:
+    return kms_rule(code, operation, http_status).retryable
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(max(0, round(seconds * 1e9)))
+    return d
+
+
+def to_status(error: ServiceError, *, request_id: str = "") -> status_pb2.Status:
+    """Build the google.rpc.Status (with exactly one ErrorInfo) for an error."""
+    metadata = dict(error.metadata)
+    if request_id:
+        metadata["requestId"] = request_id
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
+    )
+    if error.field_violations:
+        bad = error_details_pb2.BadRequest()
+        for v in error.field_violations:
+            description = f"{v.path}: {v.description}" if v.path else v.description
+            bad.field_violations.add(field=v.field, description=description, reason=v.reason)
+        status.details.add().Pack(bad)
+    if error.precondition_violations:
+        pre = error_details_pb2.PreconditionFailure()
+        for p in error.precondition_violations:
+            pre.violations.add(type=p.type, subject=p.subject, description=p.description)
+        status.details.add().Pack(pre)
+    if error.resource is not None:
+        status.details.add().Pack(
+            error_details_pb2.ResourceInfo(
+                resource_type=error.resource.type,
+                resource_name=error.resource.name,
+                description=error.resource.description,
+            )
+        )
+    if error.retry_after is not None:
+        status.details.add().Pack(
+            error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after))
+        )
+    if error.quota_violations:
+        quota = error_details_pb2.QuotaFailure()
+        for q in error.quota_violations:
+            quota.violations.add(subject=q.subject, description=q.description)
+        status.details.add().Pack(quota)
+    return status
+
+
+def internal_error(request_id: str) -> Internal:
+    """The generic answer to an unexpected exception: details stay in the server log."""
+    return Internal(f"internal error (request id {request_id})", reason="INTERNAL")
+

@@ -1,0 +1,22 @@
+"""Policy etags: SHA-256 of the canonical JSON form, so KMS re-indentation changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kms_policy_service.validation.document import canonical_json
+
+
+def etag_of_document(document: Any) -> str:
+    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+
+
+def policy_etag(text: str) -> str:
+    """The etag of a policy text: of its canonical JSON, or of the raw text if not JSON."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return etag_of_document(document)

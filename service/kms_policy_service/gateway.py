@@ -1,0 +1,101 @@
+"""The KMS gateway: runs one KMS operation under the limiter, the deadline and the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kms_policy_service.backend import KmsFailure
+from kms_policy_service.errors import DeadlineExceeded, from_kms_failure, kms_rule
+from kms_policy_service.ratelimit import Limiter
+from kms_policy_service.request import RequestContext
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base: float  # seconds; the first backoff is drawn from [0, base]
+    cap: float  # seconds; no backoff draws from a wider range
+    margin: float  # seconds kept back from the caller's deadline
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (AWS Architecture Blog, 2015)."""
+        return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+
+
+class KmsGateway:
+    def __init__(self, limiter: Limiter, retry: RetryPolicy) -> None:
+        self._limiter = limiter
+        self._retry = retry
+
+    async def call(
+        self,
+        operation: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        ctx: RequestContext,
+        key: str | None = None,
+    ) -> T:
+        """Run `fn` (one KMS request) with retries; every attempt takes a limiter token.
+
+        `key` names the key for the per-key bucket (writes only).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            budget = ctx.remaining() - self._retry.margin
+            if budget <= 0:
+                raise _deadline(operation)
+            await self._limiter.acquire(
+                operation, caller=ctx.caller, key=key, deadline=ctx.deadline - self._retry.margin
+            )
+            budget = ctx.remaining() - self._retry.margin
+            if budget <= 0:
+                raise _deadline(operation)
+            ctx.kms_attempts += 1
+            try:
+                async with asyncio.timeout(budget) as timer:
+                    return await fn()
+            except TimeoutError as exc:
+                if timer.expired():
+                    # Leaving the timeout cancelled the request: aiohttp drops the connection.
+                    raise _deadline(operation) from exc
+                raise
+            except KmsFailure as failure:
+                rule = kms_rule(failure.code, operation, failure.http_status)
+                delay = self._retry.backoff(attempt)
+                if (
+                    rule.retryable
+                    and attempt < self._retry.max_attempts
+                    and ctx.remaining() - self._retry.margin > delay
+                ):
+                    log.debug(
+                        "retrying %s after %s (attempt %d, %.3fs)",
+                        operation,
+                        failure.code,
+                        attempt,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                raise from_kms_failure(
+                    failure.code,
+                    failure.message,
+                    operation=operation,
+                    http_status=failure.http_status,
+                    key_arn=ctx.key_arn or None,
+                ) from failure
+
+
+def _deadline(operation: str) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"the call's deadline ran out before KMS {operation} completed",
+        metadata={"kmsOperation": operation},
+    )

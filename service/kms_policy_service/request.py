@@ -1,0 +1,21 @@
+"""RequestContext: what one RPC carries through the layers (id, caller, deadline, counters)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    method: str
+    caller: str
+    peer: str
+    deadline: float  # time.monotonic() by which the answer is due
+    kms_attempts: int = 0
+    key_arn: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()

@@ -1,0 +1,327 @@
+"""PolicyService RPCs: one method each, validate -> authorize -> resolve -> call KMS -> reply."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+from kms_policy_service.backend import KmsBackend
+from kms_policy_service.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PreconditionViolation,
+    ServiceError,
+    internal_error,
+    to_status,
+)
+from kms_policy_service.etag import etag_of_document, policy_etag
+from kms_policy_service.gateway import KmsGateway
+from kms_policy_service.locks import KeyLocks
+from kms_policy_service.request import RequestContext
+from kms_policy_service.resolver import KeyResolver, ResolvedKey
+from kms_policy_service.validation import (
+    Finding,
+    ServicePrincipal,
+    Severity,
+    lockout_findings,
+    parse_key_id,
+    parse_policy,
+    policy_name_for_read,
+    policy_name_for_write,
+)
+from kms_policy_service.validation.document import key_resource_findings
+from kms_policy_service.validation.findings import errors_only, raise_for_errors
+from kms_policy_service.validation.names import DEFAULT_POLICY_NAME
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("kms_policy_service.access")
+
+Reply = TypeVar("Reply")
+
+MAX_PAGE_SIZE = 1000  # botocore model, LimitType
+_ETAG = re.compile(r"[0-9a-f]{64}")
+_SEVERITY = {Severity.ERROR: pb.Finding.SEVERITY_ERROR, Severity.WARNING: pb.Finding.SEVERITY_WARNING}
+
+
+class PolicyServicer(pb_grpc.PolicyServiceServicer):
+    def __init__(
+        self,
+        *,
+        backend: KmsBackend,
+        gateway: KmsGateway,
+        resolver: KeyResolver,
+        principal: ServicePrincipal,
+        default_deadline: float,
+    ) -> None:
+        self._backend = backend
+        self._gateway = gateway
+        self._resolver = resolver
+        self._principal = principal
+        self._default_deadline = default_deadline
+        self._locks = KeyLocks()
+
+    # -- RPCs ---------------------------------------------------------------
+
+    async def GetKeyPolicy(
+        self, request: pb.GetKeyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetKeyPolicyResponse:
+        return await self._run("GetKeyPolicy", context, lambda ctx: self._get(request, ctx))
+
+    async def PutKeyPolicy(
+        self, request: pb.PutKeyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutKeyPolicyResponse:
+        return await self._run("PutKeyPolicy", context, lambda ctx: self._put(request, ctx))
+
+    async def ListKeyPolicies(
+        self, request: pb.ListKeyPoliciesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListKeyPoliciesResponse:
+        return await self._run("ListKeyPolicies", context, lambda ctx: self._list(request, ctx))
+
+    async def ValidateKeyPolicy(
+        self, request: pb.ValidateKeyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ValidateKeyPolicyResponse:
+        return await self._run(
+            "ValidateKeyPolicy", context, lambda ctx: self._validate(request, ctx)
+        )
+
+    # -- implementations ----------------------------------------------------
+
+    async def _get(self, request: pb.GetKeyPolicyRequest, ctx: RequestContext) -> pb.GetKeyPolicyResponse:
+        ref = parse_key_id(request.key_id)
+        name = policy_name_for_read(request.policy_name)
+        key = await self._resolve(ref, ctx)
+        policy = await self._read_policy(key, name, ctx)
+        return pb.GetKeyPolicyResponse(
+            key_arn=key.arn, policy_name=name, policy=policy, etag=policy_etag(policy)
+        )
+
+    async def _put(self, request: pb.PutKeyPolicyRequest, ctx: RequestContext) -> pb.PutKeyPolicyResponse:
+        ref = parse_key_id(request.key_id)
+        name = policy_name_for_write(request.policy_name)
+        if request.etag and not _ETAG.fullmatch(request.etag):
+            raise _bad_field("etag", "etag must be 64 lowercase hex characters (from a Get)", "INVALID_ETAG")
+        parsed = parse_policy(request.policy)
+        raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
+        assert parsed.document is not None  # no errors: it parsed
+        key = await self._resolve(ref, ctx)
+        if key.metadata.aws_managed:
+            raise FailedPrecondition(
+                f"{key.arn} is an AWS-managed key: its policy can be read but never changed",
+                reason="AWS_MANAGED_KEY",
+                metadata={"keyArn": key.arn},
+                precondition_violations=[
+                    PreconditionViolation("KEY_MANAGER", key.arn, "the key is managed by AWS")
+                ],
+            )
+        findings = self._key_findings(
+            parsed.document, key, name, bypass=request.bypass_policy_lockout_safety_check
+        )
+        lockout = [f for f in errors_only(findings) if f.code == "POLICY_LOCKOUT"]
+        raise_for_errors(
+            findings, field="policy", reason="POLICY_LOCKOUT" if lockout else "INVALID_POLICY"
+        )
+        new_etag = etag_of_document(parsed.document)
+        reply = pb.PutKeyPolicyResponse(key_arn=key.arn, policy_name=name, etag=new_etag)
+        if request.validate_only:
+            return reply
+        async with self._locks.hold(key.arn):
+            if request.etag:
+                current = policy_etag(await self._read_policy(key, name, ctx))
+                if current != request.etag:
+                    raise Aborted(
+                        "the key policy changed since it was read (etag mismatch); "
+                        "read it again and reapply your change",
+                        reason="ETAG_MISMATCH",
+                        metadata={"keyArn": key.arn, "currentEtag": current, "expectedEtag": request.etag},
+                    )
+            await self._gateway.call(
+                "PutKeyPolicy",
+                lambda: self._backend.put_key_policy(
+                    key.arn,
+                    name,
+                    request.policy,
+                    bypass_lockout_check=request.bypass_policy_lockout_safety_check,
+                    region=key.region,
+                ),
+                ctx=ctx,
+                key=key.arn,
+            )
+        return reply
+
+    async def _list(
+        self, request: pb.ListKeyPoliciesRequest, ctx: RequestContext
+    ) -> pb.ListKeyPoliciesResponse:
+        ref = parse_key_id(request.key_id)
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise _bad_field(
+                "page_size", f"page_size must be 0 (the KMS default) to {MAX_PAGE_SIZE}", "INVALID_PAGE_SIZE"
+            )
+        key = await self._resolve(ref, ctx)
+        marker = _decode_page_token(request.page_token, key.arn) if request.page_token else None
+        page = await self._gateway.call(
+            "ListKeyPolicies",
+            lambda: self._backend.list_key_policies(
+                key.arn, limit=request.page_size or None, marker=marker, region=key.region
+            ),
+            ctx=ctx,
+        )
+        token = _encode_page_token(key.arn, page.next_marker) if page.next_marker else ""
+        return pb.ListKeyPoliciesResponse(policy_names=list(page.names), next_page_token=token)
+
+    async def _validate(
+        self, request: pb.ValidateKeyPolicyRequest, ctx: RequestContext
+    ) -> pb.ValidateKeyPolicyResponse:
+        name = policy_name_for_write(request.policy_name)
+        ref = parse_key_id(request.key_id) if request.key_id else None
+        parsed = parse_policy(request.policy)
+        findings = list(parsed.findings)
+        if ref is not None:
+            key = await self._resolve(ref, ctx)
+            if key.metadata.aws_managed:
+                findings.append(
+                    Finding.error("AWS_MANAGED_KEY", "", f"{key.arn} is AWS-managed: its policy cannot be changed")
+                )
+            if parsed.document is not None:
+                findings.extend(self._key_findings(parsed.document, key, name, bypass=False))
+        return pb.ValidateKeyPolicyResponse(
+            findings=[
+                pb.Finding(severity=_SEVERITY[f.severity], code=f.code, path=f.path, message=f.message)
+                for f in findings
+            ]
+        )
+
+    # -- shared steps -------------------------------------------------------
+
+    async def _resolve(self, ref: Any, ctx: RequestContext) -> ResolvedKey:
+        key = await self._resolver.resolve(ref, ctx)
+        ctx.key_arn = key.arn
+        return key
+
+    async def _read_policy(self, key: ResolvedKey, name: str, ctx: RequestContext) -> str:
+        return await self._gateway.call(
+            "GetKeyPolicy",
+            lambda: self._backend.get_key_policy(key.arn, name, region=key.region),
+            ctx=ctx,
+        )
+
+    def _key_findings(
+        self, document: dict[str, Any], key: ResolvedKey, name: str, *, bypass: bool
+    ) -> list[Finding]:
+        findings = list(key_resource_findings(document, key.arn))
+        if name == DEFAULT_POLICY_NAME and not bypass:
+            findings.extend(lockout_findings(document, self._principal, key.arn))
+        return findings
+
+    async def _run(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        handler: Callable[[RequestContext], Awaitable[Reply]],
+    ) -> Reply:
+        started = time.monotonic()
+        ctx = self._context(method, context, started)
+        code = grpc.StatusCode.OK
+        reason = ""
+        try:
+            await context.send_initial_metadata((("x-request-id", ctx.request_id),))
+            return await handler(ctx)
+        except ServiceError as err:
+            code, reason = err.code, err.reason
+            await _abort(context, err, ctx)
+        except asyncio.CancelledError:
+            code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
+            raise
+        except Exception:
+            log.exception("unexpected failure in %s (request id %s)", method, ctx.request_id)
+            err = internal_error(ctx.request_id)
+            code, reason = err.code, err.reason
+            await _abort(context, err, ctx)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s",
+                    method,
+                    code.name,
+                    extra={
+                        "access": {
+                            "method": method,
+                            "code": code.name,
+                            "reason": reason,
+                            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                            "caller": ctx.caller,
+                            "peer": ctx.peer,
+                            "key_arn": ctx.key_arn,
+                            "request_id": ctx.request_id,
+                            "kms_attempts": ctx.kms_attempts,
+                        }
+                    },
+                )
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def _context(self, method: str, context: grpc.aio.ServicerContext, started: float) -> RequestContext:
+        request_id = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id" and isinstance(value, str):
+                request_id = value[:128]
+                break
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self._default_deadline
+        peer = context.peer() or ""
+        return RequestContext(
+            request_id=request_id or uuid.uuid4().hex,
+            method=method,
+            caller=_peer_host(peer),
+            peer=peer,
+            deadline=started + remaining,
+        )
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: RequestContext) -> None:
+    if ctx.key_arn and "keyArn" not in err.metadata and err.code != grpc.StatusCode.PERMISSION_DENIED:
+        err.metadata["keyArn"] = ctx.key_arn
+    await context.abort_with_status(rpc_status.to_status(to_status(err, request_id=ctx.request_id)))
+
+
+def _peer_host(peer: str) -> str:
+    """ipv4:1.2.3.4:5678 -> 1.2.3.4; the caller until authentication names one."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
+def _bad_field(field: str, message: str, reason: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=reason, field_violations=[FieldViolation(field, message, reason=reason)])
+
+
+def _encode_page_token(key_arn: str, marker: str) -> str:
+    raw = json.dumps({"k": key_arn, "m": marker}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, key_arn: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        marker, owner = data["m"], data["k"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise _bad_field("page_token", "page_token is not one this service issued", "INVALID_PAGE_TOKEN") from exc
+    if owner != key_arn or not isinstance(marker, str):
+        raise _bad_field("page_token", "page_token belongs to another key", "INVALID_PAGE_TOKEN")
+    return marker

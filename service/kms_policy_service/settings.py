@@ -1,0 +1,96 @@
+"""Settings: the service's configuration, built once at start, frozen, validated, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+# Named defaults, with their units.
+DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: safe for sidecar mode
+DEFAULT_REGION = "us-east-1"
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_KMS_CONNECT_TIMEOUT_SECONDS = 2.0
+DEFAULT_KMS_READ_TIMEOUT_SECONDS = 5.0
+DEFAULT_KMS_MAX_POOL_CONNECTIONS = 64
+DEFAULT_KEY_CACHE_TTL_SECONDS = 30.0
+DEFAULT_KEY_CACHE_MAX_ENTRIES = 10_000
+DEFAULT_DEADLINE_SECONDS = 10.0  # for calls that bring no gRPC deadline
+DEFAULT_DEADLINE_MARGIN_SECONDS = 0.02  # kept back to answer before the caller gives up
+DEFAULT_RETRY_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_BASE_SECONDS = 0.05
+DEFAULT_RETRY_CAP_SECONDS = 1.0
+# A valid request carries at most a 32 KiB policy (plus short fields): refuse much larger
+# messages in gRPC itself, before any parsing.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    region: str = DEFAULT_REGION
+    allowed_regions: frozenset[str] = field(default_factory=frozenset)
+    local_kms: bool = False
+    kms_endpoint_url: str | None = None  # None: the AWS SDK's own resolution (AWS_ENDPOINT_URL_KMS...)
+    sts_endpoint_url: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    kms_connect_timeout: float = DEFAULT_KMS_CONNECT_TIMEOUT_SECONDS
+    kms_read_timeout: float = DEFAULT_KMS_READ_TIMEOUT_SECONDS
+    kms_max_pool_connections: int = DEFAULT_KMS_MAX_POOL_CONNECTIONS
+    key_cache_ttl: float = DEFAULT_KEY_CACHE_TTL_SECONDS
+    key_cache_max_entries: int = DEFAULT_KEY_CACHE_MAX_ENTRIES
+    default_deadline: float = DEFAULT_DEADLINE_SECONDS
+    deadline_margin: float = DEFAULT_DEADLINE_MARGIN_SECONDS
+    retry_max_attempts: int = DEFAULT_RETRY_MAX_ATTEMPTS
+    retry_base: float = DEFAULT_RETRY_BASE_SECONDS
+    retry_cap: float = DEFAULT_RETRY_CAP_SECONDS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        host, _ = split_host_port(self.listen)
+        if not host:
+            raise SettingsError(f"--listen {self.listen!r}: a host is required")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        for name in (
+            "shutdown_grace",
+            "kms_connect_timeout",
+            "kms_read_timeout",
+            "default_deadline",
+            "retry_base",
+            "retry_cap",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        if self.key_cache_ttl < 0 or self.deadline_margin < 0:
+            raise SettingsError("key_cache_ttl and deadline_margin must not be negative")
+        if self.retry_max_attempts < 1 or self.kms_max_pool_connections < 1:
+            raise SettingsError("retry_max_attempts and kms_max_pool_connections must be >= 1")
+
+    @property
+    def listen_is_loopback(self) -> bool:
+        host, _ = split_host_port(self.listen)
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); raise SettingsError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)

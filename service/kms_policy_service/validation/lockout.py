@@ -1,0 +1,146 @@
+"""The policy lockout safety check, done locally before KMS is called.
+
+KMS (PutKeyPolicy, BypassPolicyLockoutSafetyCheck) refuses a new default policy
+that would not let the calling principal call PutKeyPolicy on the key later.
+We evaluate the same question conservatively: an explicit unconditional Deny
+wins; an Allow counts only without a Condition; wildcards in actions and
+principals count; the account (root or bare ID) counts as in KMS.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kms_policy_service.validation.document import action_matches, as_list, iter_statements
+from kms_policy_service.validation.findings import Finding
+
+PUT_KEY_POLICY = "kms:PutKeyPolicy"
+
+_ASSUMED_ROLE = re.compile(
+    r"arn:(?P<partition>[\w-]+):sts::(?P<account>\d{12}):assumed-role/(?P<role>[^/]+)/(?P<session>.+)"
+)
+_STS_USER = re.compile(r"arn:(?P<partition>[\w-]+):sts::(?P<account>\d{12}):user/(?P<name>.+)")
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    """The service's own AWS principal, in the forms a key policy can name it."""
+
+    account: str
+    arn: str  # the IAM ARN a policy names: the role for an assumed-role session
+    session_arn: str  # what STS GetCallerIdentity answered
+    partition: str = "aws"
+
+    @classmethod
+    def from_caller_identity(cls, account: str, arn: str) -> ServicePrincipal:
+        """Map STS GetCallerIdentity to the ARN a key policy names.
+
+        An assumed-role session maps to its role (IAM policies name roles, not
+        sessions; a role path is not visible in the session ARN, so a policy that
+        names the role with a path is matched by account root or wildcards only).
+        """
+        partition = arn.split(":")[1] if arn.startswith("arn:") else "aws"
+        m = _ASSUMED_ROLE.fullmatch(arn)
+        if m:
+            return cls(account, f"arn:{partition}:iam::{account}:role/{m['role']}", arn, partition)
+        m = _STS_USER.fullmatch(arn)
+        if m:  # moto answers sts ...:user/NAME for an IAM user
+            return cls(account, f"arn:{partition}:iam::{account}:user/{m['name']}", arn, partition)
+        return cls(account, arn, arn, partition)
+
+    def names(self) -> set[str]:
+        return {
+            "*",
+            self.account,
+            f"arn:{self.partition}:iam::{self.account}:root",
+            self.arn,
+            self.session_arn,
+        }
+
+
+def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -> bool:
+    names = principal.names()
+
+    def listed(value: Any) -> bool:
+        if value == "*":
+            return True
+        if not isinstance(value, dict):
+            return False
+        entries = [p for p in as_list(value.get("AWS", [])) if isinstance(p, str)]
+        return any(p in names or fnmatch.fnmatchcase(principal.arn, p) for p in entries)
+
+    if "Principal" in statement:
+        return listed(statement["Principal"])
+    if "NotPrincipal" in statement:
+        return not listed(statement["NotPrincipal"])
+    return False
+
+
+def _action_applies(statement: dict[str, Any]) -> bool:
+    def hit(value: Any) -> bool:
+        return any(isinstance(a, str) and action_matches(a, PUT_KEY_POLICY) for a in as_list(value))
+
+    if "Action" in statement:
+        return hit(statement["Action"])
+    if "NotAction" in statement:
+        return not hit(statement["NotAction"])
+    return False
+
+
+def _resource_applies(statement: dict[str, Any], key_arn: str | None) -> bool:
+    def hit(value: Any) -> bool:
+        return any(
+            isinstance(r, str) and (r == "*" or (key_arn is not None and fnmatch.fnmatchcase(key_arn, r)))
+            for r in as_list(value)
+        )
+
+    if "Resource" in statement:
+        return hit(statement["Resource"])
+    if "NotResource" in statement:
+        return not hit(statement["NotResource"])
+    return False
+
+
+def lockout_findings(
+    document: dict[str, Any], principal: ServicePrincipal, key_arn: str | None
+) -> Iterator[Finding]:
+    """An ERROR POLICY_LOCKOUT unless the policy lets `principal` call PutKeyPolicy again."""
+    allowed = False
+    denied_at: str | None = None
+    for path, s in iter_statements(document):
+        if not (
+            _principal_applies(s, principal) and _action_applies(s) and _resource_applies(s, key_arn)
+        ):
+            continue
+        conditional = "Condition" in s
+        if s.get("Effect") == "Deny":
+            if conditional:
+                yield Finding.warning(
+                    "LOCKOUT_RISK",
+                    f"{path}.Condition",
+                    f"this conditional Deny can stop {principal.arn} from updating the policy "
+                    "when its condition holds",
+                )
+            elif denied_at is None:
+                denied_at = path
+        elif s.get("Effect") == "Allow" and not conditional:
+            allowed = True
+    if denied_at is not None:
+        yield Finding.error(
+            "POLICY_LOCKOUT",
+            denied_at,
+            f"this Deny would lock out {principal.arn}: the service could never update the "
+            "key policy again (set bypass_policy_lockout_safety_check to override)",
+        )
+    elif not allowed:
+        yield Finding.error(
+            "POLICY_LOCKOUT",
+            "Statement",
+            f"no unconditional Allow lets {principal.arn} (or account {principal.account}) call "
+            "kms:PutKeyPolicy: the service could never update the key policy again "
+            "(set bypass_policy_lockout_safety_check to override)",
+        )
