@@ -56,21 +56,66 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--listen", "listen", f"gRPC listen address HOST:PORT (default {defaults.DEFAULT_LISTEN})"),
-    Option("--region", "region", "home AWS Region (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1)"),
-    Option("--allowed-regions", "allowed_regions", "other Regions served, comma-separated", _regions),
-    Option("--local-kms", "local_kms", "run an embedded KMS emulator (moto) with a demo key", _bool, True),
-    Option("--kms-endpoint-url", "kms_endpoint_url", "KMS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_KMS)"),
-    Option("--sts-endpoint-url", "sts_endpoint_url", "STS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_STS)"),
+    Option(
+        "--listen", "listen", f"gRPC listen address HOST:PORT (default {defaults.DEFAULT_LISTEN})"
+    ),
+    Option(
+        "--region", "region", "home AWS Region (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1)"
+    ),
+    Option(
+        "--allowed-regions", "allowed_regions", "other Regions served, comma-separated", _regions
+    ),
+    Option(
+        "--local-kms",
+        "local_kms",
+        "run an embedded KMS emulator (moto) with a demo key",
+        _bool,
+        True,
+    ),
+    Option(
+        "--kms-endpoint-url",
+        "kms_endpoint_url",
+        "KMS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_KMS)",
+    ),
+    Option(
+        "--sts-endpoint-url",
+        "sts_endpoint_url",
+        "STS endpoint (default: AWS SDK resolution, AWS_ENDPOINT_URL_STS)",
+    ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR (default INFO)", str.upper),
     Option("--log-format", "log_format", "json or text (default json)"),
-    Option("--shutdown-grace", "shutdown_grace", "seconds in-flight calls get on SIGTERM (default 10)", float),
+    Option(
+        "--shutdown-grace",
+        "shutdown_grace",
+        "seconds in-flight calls get on SIGTERM (default 10)",
+        float,
+    ),
     Option("--kms-connect-timeout", "kms_connect_timeout", "seconds (default 2)", float),
     Option("--kms-read-timeout", "kms_read_timeout", "seconds (default 5)", float),
-    Option("--kms-max-pool-connections", "kms_max_pool_connections", "HTTP connections to KMS (default 64)", int),
-    Option("--key-cache-ttl", "key_cache_ttl", "seconds a key resolution is cached; 0 disables (default 30)", float),
-    Option("--default-deadline", "default_deadline", "seconds for calls without a gRPC deadline (default 10)", float),
-    Option("--retry-max-attempts", "retry_max_attempts", "KMS attempts per call, retries included (default 3)", int),
+    Option(
+        "--kms-max-pool-connections",
+        "kms_max_pool_connections",
+        "HTTP connections to KMS (default 64)",
+        int,
+    ),
+    Option(
+        "--key-cache-ttl",
+        "key_cache_ttl",
+        "seconds a key resolution is cached; 0 disables (default 30)",
+        float,
+    ),
+    Option(
+        "--default-deadline",
+        "default_deadline",
+        "seconds for calls without a gRPC deadline (default 10)",
+        float,
+    ),
+    Option(
+        "--retry-max-attempts",
+        "retry_max_attempts",
+        "KMS attempts per call, retries included (default 3)",
+        int,
+    ),
 )
 
 
@@ -82,9 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for opt in OPTIONS:
         if opt.is_switch:
-            parser.add_argument(opt.flag, dest=opt.field, action="store_const", const="true", help=f"{opt.help} [{opt.env}]")
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                action="store_const",
+                const="true",
+                help=f"{opt.help} [{opt.env}]",
+            )
         else:
-            parser.add_argument(opt.flag, dest=opt.field, metavar=opt.field.upper(), help=f"{opt.help} [{opt.env}]")
+            parser.add_argument(
+                opt.flag, dest=opt.field, metavar=opt.field.upper(), help=f"{opt.help} [{opt.env}]"
+            )
     return parser
 
 

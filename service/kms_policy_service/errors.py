@@ -384,4 +384,3 @@ def to_status(error: ServiceError, *, request_id: str = "") -> status_pb2.Status
 def internal_error(request_id: str) -> Internal:
     """The generic answer to an unexpected exception: details stay in the server log."""
     return Internal(f"internal error (request id {request_id})", reason="INTERNAL")
-

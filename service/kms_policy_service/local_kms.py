@@ -97,5 +97,7 @@ class LocalKms:
             "TrentService.CreateKey",
             {"Description": "kms-policy-service demo key", "Policy": demo_policy(account)},
         )["KeyMetadata"]
-        self._call("kms", "TrentService.CreateAlias", {"AliasName": alias, "TargetKeyId": meta["KeyId"]})
+        self._call(
+            "kms", "TrentService.CreateAlias", {"AliasName": alias, "TargetKeyId": meta["KeyId"]}
+        )
         return DemoKey(arn=meta["Arn"], key_id=meta["KeyId"], alias=alias)

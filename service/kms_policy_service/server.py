@@ -20,7 +20,6 @@ from contextlib import AsyncExitStack
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from kmspolicy.v1 import policy_service_pb2, policy_service_pb2_grpc
 
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
@@ -31,13 +30,16 @@ from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.servicer import PolicyServicer
 from kms_policy_service.settings import Settings
 from kms_policy_service.validation import ServicePrincipal
+from kmspolicy.v1 import policy_service_pb2, policy_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 POLICY_SERVICE = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
 
-def create_server(settings: Settings, servicer: PolicyServicer, health: Health) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    settings: Settings, servicer: PolicyServicer, health: Health
+) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with PolicyService, health and reflection, bound to settings.listen."""
     server = grpc.aio.server(
         options=[
@@ -46,10 +48,14 @@ def create_server(settings: Settings, servicer: PolicyServicer, health: Health) 
             ("grpc.so_reuseport", 0),
         ]
     )
-    policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+    policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
-        (POLICY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            POLICY_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(settings.listen)
@@ -96,7 +102,11 @@ class Server:
         principal = ServicePrincipal.from_caller_identity(identity.account, identity.arn)
         log.info(
             "KMS ready",
-            extra={"region": settings.region, "account": identity.account, "principal": principal.arn},
+            extra={
+                "region": settings.region,
+                "account": identity.account,
+                "principal": principal.arn,
+            },
         )
         gateway = KmsGateway(
             NoLimit(),
@@ -130,7 +140,7 @@ class Server:
         if self.demo_key is not None:
             host = settings.listen.rsplit(":", 1)[0]
             grpcurl = (
-                f"grpcurl -plaintext -d '{{\"key_id\": \"{self.demo_key.arn}\"}}' "
+                f'grpcurl -plaintext -d \'{{"key_id": "{self.demo_key.arn}"}}\' '
                 f"{shlex.quote(f'{host}:{self.port}')} {POLICY_SERVICE}/GetKeyPolicy"
             )
             log.info(

@@ -15,8 +15,6 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_status import rpc_status
-from kmspolicy.v1 import policy_service_pb2 as pb
-from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.errors import (
@@ -47,6 +45,8 @@ from kms_policy_service.validation import (
 from kms_policy_service.validation.document import key_resource_findings
 from kms_policy_service.validation.findings import errors_only, raise_for_errors
 from kms_policy_service.validation.names import DEFAULT_POLICY_NAME
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("kms_policy_service.access")
@@ -55,7 +55,10 @@ Reply = TypeVar("Reply")
 
 MAX_PAGE_SIZE = 1000  # botocore model, LimitType
 _ETAG = re.compile(r"[0-9a-f]{64}")
-_SEVERITY = {Severity.ERROR: pb.Finding.SEVERITY_ERROR, Severity.WARNING: pb.Finding.SEVERITY_WARNING}
+_SEVERITY = {
+    Severity.ERROR: pb.Finding.SEVERITY_ERROR,
+    Severity.WARNING: pb.Finding.SEVERITY_WARNING,
+}
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
@@ -101,7 +104,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     # -- implementations ----------------------------------------------------
 
-    async def _get(self, request: pb.GetKeyPolicyRequest, ctx: RequestContext) -> pb.GetKeyPolicyResponse:
+    async def _get(
+        self, request: pb.GetKeyPolicyRequest, ctx: RequestContext
+    ) -> pb.GetKeyPolicyResponse:
         ref = parse_key_id(request.key_id)
         name = policy_name_for_read(request.policy_name)
         key = await self._resolve(ref, ctx)
@@ -110,11 +115,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             key_arn=key.arn, policy_name=name, policy=policy, etag=policy_etag(policy)
         )
 
-    async def _put(self, request: pb.PutKeyPolicyRequest, ctx: RequestContext) -> pb.PutKeyPolicyResponse:
+    async def _put(
+        self, request: pb.PutKeyPolicyRequest, ctx: RequestContext
+    ) -> pb.PutKeyPolicyResponse:
         ref = parse_key_id(request.key_id)
         name = policy_name_for_write(request.policy_name)
         if request.etag and not _ETAG.fullmatch(request.etag):
-            raise _bad_field("etag", "etag must be 64 lowercase hex characters (from a Get)", "INVALID_ETAG")
+            raise _bad_field(
+                "etag", "etag must be 64 lowercase hex characters (from a Get)", "INVALID_ETAG"
+            )
         parsed = parse_policy(request.policy)
         raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
         assert parsed.document is not None  # no errors: it parsed
@@ -147,7 +156,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                         "the key policy changed since it was read (etag mismatch); "
                         "read it again and reapply your change",
                         reason="ETAG_MISMATCH",
-                        metadata={"keyArn": key.arn, "currentEtag": current, "expectedEtag": request.etag},
+                        metadata={
+                            "keyArn": key.arn,
+                            "currentEtag": current,
+                            "expectedEtag": request.etag,
+                        },
                     )
             await self._gateway.call(
                 "PutKeyPolicy",
@@ -169,7 +182,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         ref = parse_key_id(request.key_id)
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise _bad_field(
-                "page_size", f"page_size must be 0 (the KMS default) to {MAX_PAGE_SIZE}", "INVALID_PAGE_SIZE"
+                "page_size",
+                f"page_size must be 0 (the KMS default) to {MAX_PAGE_SIZE}",
+                "INVALID_PAGE_SIZE",
             )
         key = await self._resolve(ref, ctx)
         marker = _decode_page_token(request.page_token, key.arn) if request.page_token else None
@@ -194,13 +209,19 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             key = await self._resolve(ref, ctx)
             if key.metadata.aws_managed:
                 findings.append(
-                    Finding.error("AWS_MANAGED_KEY", "", f"{key.arn} is AWS-managed: its policy cannot be changed")
+                    Finding.error(
+                        "AWS_MANAGED_KEY",
+                        "",
+                        f"{key.arn} is AWS-managed: its policy cannot be changed",
+                    )
                 )
             if parsed.document is not None:
                 findings.extend(self._key_findings(parsed.document, key, name, bypass=False))
         return pb.ValidateKeyPolicyResponse(
             findings=[
-                pb.Finding(severity=_SEVERITY[f.severity], code=f.code, path=f.path, message=f.message)
+                pb.Finding(
+                    severity=_SEVERITY[f.severity], code=f.code, path=f.path, message=f.message
+                )
                 for f in findings
             ]
         )
@@ -248,9 +269,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise
         except Exception:
             log.exception("unexpected failure in %s (request id %s)", method, ctx.request_id)
-            err = internal_error(ctx.request_id)
-            code, reason = err.code, err.reason
-            await _abort(context, err, ctx)
+            internal = internal_error(ctx.request_id)
+            code, reason = internal.code, internal.reason
+            await _abort(context, internal, ctx)
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
@@ -273,7 +294,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 )
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    def _context(self, method: str, context: grpc.aio.ServicerContext, started: float) -> RequestContext:
+    def _context(
+        self, method: str, context: grpc.aio.ServicerContext, started: float
+    ) -> RequestContext:
         request_id = ""
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id" and isinstance(value, str):
@@ -293,7 +316,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: RequestContext) -> None:
-    if ctx.key_arn and "keyArn" not in err.metadata and err.code != grpc.StatusCode.PERMISSION_DENIED:
+    if (
+        ctx.key_arn
+        and "keyArn" not in err.metadata
+        and err.code != grpc.StatusCode.PERMISSION_DENIED
+    ):
         err.metadata["keyArn"] = ctx.key_arn
     await context.abort_with_status(rpc_status.to_status(to_status(err, request_id=ctx.request_id)))
 
@@ -307,7 +334,9 @@ def _peer_host(peer: str) -> str:
 
 
 def _bad_field(field: str, message: str, reason: str) -> InvalidArgument:
-    return InvalidArgument(message, reason=reason, field_violations=[FieldViolation(field, message, reason=reason)])
+    return InvalidArgument(
+        message, reason=reason, field_violations=[FieldViolation(field, message, reason=reason)]
+    )
 
 
 def _encode_page_token(key_arn: str, marker: str) -> str:
@@ -321,7 +350,9 @@ def _decode_page_token(token: str, key_arn: str) -> str:
         data = json.loads(raw)
         marker, owner = data["m"], data["k"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise _bad_field("page_token", "page_token is not one this service issued", "INVALID_PAGE_TOKEN") from exc
+        raise _bad_field(
+            "page_token", "page_token is not one this service issued", "INVALID_PAGE_TOKEN"
+        ) from exc
     if owner != key_arn or not isinstance(marker, str):
         raise _bad_field("page_token", "page_token belongs to another key", "INVALID_PAGE_TOKEN")
     return marker

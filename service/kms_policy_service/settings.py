@@ -37,7 +37,9 @@ class Settings:
     region: str = DEFAULT_REGION
     allowed_regions: frozenset[str] = field(default_factory=frozenset)
     local_kms: bool = False
-    kms_endpoint_url: str | None = None  # None: the AWS SDK's own resolution (AWS_ENDPOINT_URL_KMS...)
+    kms_endpoint_url: str | None = (
+        None  # None: the AWS SDK's own resolution (AWS_ENDPOINT_URL_KMS...)
+    )
     sts_endpoint_url: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"

@@ -94,19 +94,63 @@ _CONDITION_OPERATOR = re.compile(
 _CONDITION_KEY = re.compile(r"[A-Za-z0-9-]+:[\w/:.@*?-]+")
 
 # AWS KMS Developer Guide, "AWS KMS permissions" (the kms: actions a policy can name).
-KMS_ACTIONS = (
-    "CancelKeyDeletion ConnectCustomKeyStore CreateAlias CreateCustomKeyStore CreateGrant "
-    "CreateKey Decrypt DeleteAlias DeleteCustomKeyStore DeleteImportedKeyMaterial "
-    "DeriveSharedSecret DescribeCustomKeyStores DescribeKey DisableKey DisableKeyRotation "
-    "DisconnectCustomKeyStore EnableKey EnableKeyRotation Encrypt GenerateDataKey "
-    "GenerateDataKeyPair GenerateDataKeyPairWithoutPlaintext GenerateDataKeyWithoutPlaintext "
-    "GenerateMac GenerateRandom GetKeyPolicy GetKeyRotationStatus GetParametersForImport "
-    "GetPublicKey ImportKeyMaterial ListAliases ListGrants ListKeyPolicies ListKeyRotations "
-    "ListKeys ListResourceTags ListRetirableGrants PutKeyPolicy ReEncryptFrom ReEncryptTo "
-    "ReplicateKey RetireGrant RevokeGrant RotateKeyOnDemand ScheduleKeyDeletion Sign "
-    "SynchronizeMultiRegionKey TagResource UntagResource UpdateAlias UpdateCustomKeyStore "
-    "UpdateKeyDescription UpdatePrimaryRegion Verify VerifyMac"
-).split()
+KMS_ACTIONS = [
+    "CancelKeyDeletion",
+    "ConnectCustomKeyStore",
+    "CreateAlias",
+    "CreateCustomKeyStore",
+    "CreateGrant",
+    "CreateKey",
+    "Decrypt",
+    "DeleteAlias",
+    "DeleteCustomKeyStore",
+    "DeleteImportedKeyMaterial",
+    "DeriveSharedSecret",
+    "DescribeCustomKeyStores",
+    "DescribeKey",
+    "DisableKey",
+    "DisableKeyRotation",
+    "DisconnectCustomKeyStore",
+    "EnableKey",
+    "EnableKeyRotation",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "GenerateRandom",
+    "GetKeyPolicy",
+    "GetKeyRotationStatus",
+    "GetParametersForImport",
+    "GetPublicKey",
+    "ImportKeyMaterial",
+    "ListAliases",
+    "ListGrants",
+    "ListKeyPolicies",
+    "ListKeyRotations",
+    "ListKeys",
+    "ListResourceTags",
+    "ListRetirableGrants",
+    "PutKeyPolicy",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "ReplicateKey",
+    "RetireGrant",
+    "RevokeGrant",
+    "RotateKeyOnDemand",
+    "ScheduleKeyDeletion",
+    "Sign",
+    "SynchronizeMultiRegionKey",
+    "TagResource",
+    "UntagResource",
+    "UpdateAlias",
+    "UpdateCustomKeyStore",
+    "UpdateKeyDescription",
+    "UpdatePrimaryRegion",
+    "Verify",
+    "VerifyMac",
+]
 _KMS_ACTIONS_LOWER = tuple(f"kms:{a}".lower() for a in KMS_ACTIONS)
 
 
@@ -358,7 +402,9 @@ def _string_list(value: Any, path: str, what: str) -> Iterator[tuple[str, str] |
         if isinstance(item, str):
             yield f"{path}[{i}]", item
         else:
-            yield Finding.error(f"INVALID_{what.upper()}", f"{path}[{i}]", f"{what} must be a string")
+            yield Finding.error(
+                f"INVALID_{what.upper()}", f"{path}[{i}]", f"{what} must be a string"
+            )
 
 
 def _check_principal(value: Any, path: str) -> Iterator[Finding]:
@@ -467,7 +513,7 @@ def _check_resources(value: Any, path: str, *, negated: bool) -> Iterator[Findin
             yield Finding.error(
                 "NEVER_MATCHES",
                 item_path,
-                f"{resource!r} can never name a KMS key; in a key policy Resource is \"*\" "
+                f'{resource!r} can never name a KMS key; in a key policy Resource is "*" '
                 "(this key)",
             )
         else:
@@ -488,8 +534,10 @@ def _check_condition(value: Any, path: str) -> Iterator[Finding]:
     for operator, block in value.items():
         op_path = f"{path}.{operator}"
         m = _CONDITION_OPERATOR.fullmatch(operator)
-        if not m or (m["op"] not in _CONDITION_OPERATORS and m["op"] != "Null") or (
-            m["op"] == "Null" and operator != "Null"
+        if (
+            not m
+            or (m["op"] not in _CONDITION_OPERATORS and m["op"] != "Null")
+            or (m["op"] == "Null" and operator != "Null")
         ):
             yield Finding.error(
                 "INVALID_CONDITION_OPERATOR", op_path, f"{operator!r} is not a condition operator"
@@ -583,14 +631,15 @@ def key_resource_findings(doc: dict[str, Any], key_arn: str) -> Iterator[Finding
             continue
         items = as_list(resources)
         patterns = [r for r in items if isinstance(r, str)]
-        if patterns and not any(
-            r == "*" or fnmatch.fnmatchcase(key_arn, r) for r in patterns
-        ) and all(r == "*" or _KEY_RESOURCE_ANY.fullmatch(r) for r in patterns):
+        if (
+            patterns
+            and not any(r == "*" or fnmatch.fnmatchcase(key_arn, r) for r in patterns)
+            and all(r == "*" or _KEY_RESOURCE_ANY.fullmatch(r) for r in patterns)
+        ):
             yield Finding.error(
                 "NEVER_MATCHES",
                 f"{path}.Resource",
-                f"no Resource matches this key ({key_arn}), so the statement can never take "
-                "effect",
+                f"no Resource matches this key ({key_arn}), so the statement can never take effect",
             )
 
 

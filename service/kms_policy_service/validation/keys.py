@@ -10,10 +10,14 @@ from kms_policy_service.errors import FieldViolation, InvalidArgument
 
 MAX_KEY_ID_LENGTH = 2048  # botocore model, KeyIdType
 
-_KEY_ID = r"(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|mrk-[0-9a-fA-F]{32})"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_KEY_ID = rf"(?:{_UUID}|mrk-[0-9a-fA-F]{{32}})"
 # KMS CreateAlias: alias names are alias/ + [a-zA-Z0-9/_-]+, at most 256 characters in all.
 _ALIAS = r"alias/[a-zA-Z0-9/_-]{1,250}"
-_ARN_PREFIX = r"arn:(?P<partition>aws|aws-cn|aws-us-gov):kms:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):(?P<account>\d{12}):"
+_ARN_PREFIX = (
+    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):kms:"
+    r"(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):(?P<account>\d{12}):"
+)
 
 KEY_ID_RE = re.compile(_KEY_ID)
 ALIAS_RE = re.compile(_ALIAS)
@@ -42,7 +46,9 @@ class KeyRef:
         return self.kind in (KeyKind.ALIAS, KeyKind.ALIAS_ARN)
 
 
-def _invalid(message: str, reason: str = "INVALID_KEY_ID", field: str = "key_id") -> InvalidArgument:
+def _invalid(
+    message: str, reason: str = "INVALID_KEY_ID", field: str = "key_id"
+) -> InvalidArgument:
     return InvalidArgument(
         message, reason=reason, field_violations=[FieldViolation(field, message, reason=reason)]
     )

@@ -94,7 +94,8 @@ def _action_applies(statement: dict[str, Any]) -> bool:
 def _resource_applies(statement: dict[str, Any], key_arn: str | None) -> bool:
     def hit(value: Any) -> bool:
         return any(
-            isinstance(r, str) and (r == "*" or (key_arn is not None and fnmatch.fnmatchcase(key_arn, r)))
+            isinstance(r, str)
+            and (r == "*" or (key_arn is not None and fnmatch.fnmatchcase(key_arn, r)))
             for r in as_list(value)
         )
 
@@ -113,7 +114,9 @@ def lockout_findings(
     denied_at: str | None = None
     for path, s in iter_statements(document):
         if not (
-            _principal_applies(s, principal) and _action_applies(s) and _resource_applies(s, key_arn)
+            _principal_applies(s, principal)
+            and _action_applies(s)
+            and _resource_applies(s, key_arn)
         ):
             continue
         conditional = "Condition" in s

@@ -1,0 +1,61 @@
+"""SIGTERM drains in-flight calls to OK, refuses new ones, and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import grpc
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+from tests.support.kms_faults import KmsFaultInjector, Rule
+from tests.support.process import ServiceProcess
+
+
+async def test_sigterm_drains_an_in_flight_call_to_ok_and_exits_zero(
+    faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    proc = ServiceProcess(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-endpoint-url",
+            faults.url,
+            "--sts-endpoint-url",
+            faults.url,
+            "--shutdown-grace",
+            "5",
+        ]
+    ).start()
+    try:
+        faults.add(Rule("GetKeyPolicy", "sleep", delay=1.0))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+            stub = pb_grpc.PolicyServiceStub(channel)
+            in_flight = asyncio.ensure_future(
+                stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
+            )
+            while "GetKeyPolicy" not in faults.operations():  # the call is held in KMS
+                await asyncio.sleep(0.02)
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            # A new call on a fresh connection is refused while draining.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as fresh:
+                try:
+                    await pb_grpc.PolicyServiceStub(fresh).GetKeyPolicy(
+                        pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=2
+                    )
+                    refused = False
+                except grpc.aio.AioRpcError as exc:
+                    refused = exc.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused
+            reply = await in_flight
+            assert reply.key_arn == key["Arn"]
+        started = time.monotonic()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        proc.stop()
