@@ -21,6 +21,7 @@ from kms_policy_service.errors import (
     Aborted,
     FailedPrecondition,
     FieldViolation,
+    Internal,
     InvalidArgument,
     PreconditionViolation,
     ServiceError,
@@ -34,6 +35,7 @@ from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver, ResolvedKey
 from kms_policy_service.validation import (
     Finding,
+    KeyKind,
     ServicePrincipal,
     Severity,
     lockout_findings,
@@ -127,6 +129,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         parsed = parse_policy(request.policy)
         raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
         assert parsed.document is not None  # no errors: it parsed
+        if name == DEFAULT_POLICY_NAME and not request.bypass_policy_lockout_safety_check:
+            # Before any KMS call, refuse a policy that locks the service out of any key.
+            known_arn = ref.raw if ref.kind is KeyKind.KEY_ARN else None
+            raise_for_errors(
+                lockout_findings(parsed.document, self._principal, known_arn),
+                field="policy",
+                reason="POLICY_LOCKOUT",
+            )
         key = await self._resolve(ref, ctx)
         if key.metadata.aws_managed:
             raise FailedPrecondition(
@@ -316,6 +326,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: RequestContext) -> None:
+    if isinstance(err, Internal) and err.message != internal_error(ctx.request_id).message:
+        # Full detail only in the server log; the caller gets the request id to report.
+        log.error(
+            "internal error in %s (request id %s): %s", ctx.method, ctx.request_id, err.message
+        )
+        err.message = internal_error(ctx.request_id).message
     if (
         ctx.key_arn
         and "keyArn" not in err.metadata

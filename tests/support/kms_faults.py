@@ -24,12 +24,13 @@ from aiohttp import web
 @dataclass
 class Rule:
     operation: str  # e.g. "PutKeyPolicy"; "*" for any KMS operation
-    action: str  # "error", "html500", "sleep", "drop"
+    action: str  # "error", "html500", "sleep", "drop", "reply"
     error_code: str = ""
     status: int = 400
     message: str = "injected"
     delay: float = 0.0
     times: int | None = None  # None: every matching request
+    body: dict[str, Any] | None = None  # for "reply": a 200 answer with this JSON
 
 
 @dataclass
@@ -135,6 +136,12 @@ class KmsFaultInjector:
                 return web.Response(
                     status=rule.status,
                     body=json.dumps({"__type": rule.error_code, "message": rule.message}),
+                    content_type="application/x-amz-json-1.1",
+                )
+            if rule.action == "reply":
+                return web.Response(
+                    status=200,
+                    body=json.dumps(rule.body or {}),
                     content_type="application/x-amz-json-1.1",
                 )
             if rule.action == "html500":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+_PATH = re.compile(r"[A-Za-z][\w.\[\]:-]*")
 
 
 @dataclass
@@ -28,8 +31,13 @@ class Details:
 
     @property
     def paths(self) -> list[str]:
+        """The JSON path each violation's description starts with ("" for the whole document)."""
         assert self.bad_request is not None
-        return [v.description.split(": ", 1)[0] for v in self.bad_request.field_violations]
+        out = []
+        for v in self.bad_request.field_violations:
+            head, sep, _ = v.description.partition(": ")
+            out.append(head if sep and _PATH.fullmatch(head) else "")
+        return out
 
 
 def details_of(error: grpc.RpcError) -> Details:

@@ -91,18 +91,22 @@ def _action_applies(statement: dict[str, Any]) -> bool:
     return False
 
 
-def _resource_applies(statement: dict[str, Any], key_arn: str | None) -> bool:
-    def hit(value: Any) -> bool:
+def _resource_applies(statement: dict[str, Any], key_arn: str | None, *, assume: bool) -> bool:
+    # With the key not yet known (key_arn None) the check is optimistic: an ARN
+    # resource is assumed to name the key in an Allow (`assume` True) and not to in a
+    # Deny, so only a policy that locks the service out of every key is refused; it
+    # runs again once the key is resolved.
+    def names_key(value: Any, *, unknown: bool) -> bool:
         return any(
             isinstance(r, str)
-            and (r == "*" or (key_arn is not None and fnmatch.fnmatchcase(key_arn, r)))
+            and (r == "*" or (unknown if key_arn is None else fnmatch.fnmatchcase(key_arn, r)))
             for r in as_list(value)
         )
 
     if "Resource" in statement:
-        return hit(statement["Resource"])
+        return names_key(statement["Resource"], unknown=assume)
     if "NotResource" in statement:
-        return not hit(statement["NotResource"])
+        return not names_key(statement["NotResource"], unknown=not assume)
     return False
 
 
@@ -116,7 +120,7 @@ def lockout_findings(
         if not (
             _principal_applies(s, principal)
             and _action_applies(s)
-            and _resource_applies(s, key_arn)
+            and _resource_applies(s, key_arn, assume=s.get("Effect") == "Allow")
         ):
             continue
         conditional = "Condition" in s
