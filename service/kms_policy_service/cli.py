@@ -19,6 +19,7 @@ from typing import Any
 
 from kms_policy_service import settings as defaults
 from kms_policy_service.logs import configure as configure_logging
+from kms_policy_service.ratelimit import DEFAULT_OPERATION_RATES, Rate
 from kms_policy_service.settings import Settings, SettingsError
 
 EXIT_OK = 0
@@ -38,6 +39,23 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _operation_rates(values: list[str]) -> dict[str, Rate]:
+    """OPERATION=RATE[:BURST] items (repeated flags, or comma-separated in the env)."""
+    rates = dict(DEFAULT_OPERATION_RATES)
+    for item in (v.strip() for value in values for v in value.split(",")):
+        if not item:
+            continue
+        operation, sep, rate = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not OPERATION=RATE[:BURST]")
+        rates[operation.strip()] = Rate.parse(rate)
+    return rates
+
+
+def _optional_rate(value: str) -> Rate | None:
+    return None if value.strip().lower() in ("", "0", "off", "none") else Rate.parse(value)
+
+
 def _regions(value: str) -> frozenset[str]:
     return frozenset(r.strip() for r in value.split(",") if r.strip())
 
@@ -47,8 +65,9 @@ class Option:
     flag: str
     field: str
     help: str
-    parse: Callable[[str], Any] = str
+    parse: Callable[[Any], Any] = str
     is_switch: bool = False
+    repeatable: bool = False
 
     @property
     def env(self) -> str:
@@ -126,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag also reads KMS_POLICY_<FLAG>, e.g. KMS_POLICY_LISTEN.",
     )
     for opt in OPTIONS:
-        if opt.is_switch:
+        if opt.repeatable:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                action="append",
+                metavar="VALUE",
+                help=f"{opt.help} [{opt.env}]",
+            )
+        elif opt.is_switch:
             parser.add_argument(
                 opt.flag,
                 dest=opt.field,
@@ -153,6 +180,8 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
         source = opt.flag
         if raw is None:
             raw, source = environ.get(opt.env), opt.env
+            if raw is not None and opt.repeatable:
+                raw = [raw]
         if raw is None:
             continue
         try:

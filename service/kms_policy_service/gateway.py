@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kms_policy_service.backend import KmsFailure
-from kms_policy_service.errors import DeadlineExceeded, from_kms_failure, kms_rule
+from kms_policy_service.errors import (
+    DeadlineExceeded,
+    QuotaViolation,
+    ResourceExhausted,
+    from_kms_failure,
+    kms_rule,
+)
 from kms_policy_service.ratelimit import Limiter
 from kms_policy_service.request import RequestContext
 
@@ -31,9 +37,14 @@ class RetryPolicy:
 
 
 class KmsGateway:
-    def __init__(self, limiter: Limiter, retry: RetryPolicy) -> None:
+    def __init__(
+        self, limiter: Limiter, retry: RetryPolicy, *, max_concurrency: int, max_waiters: int
+    ) -> None:
         self._limiter = limiter
         self._retry = retry
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_waiters = max_waiters
+        self.waiting = 0  # for a KMS connection slot
 
     async def call(
         self,
@@ -59,10 +70,9 @@ class KmsGateway:
             budget = ctx.remaining() - self._retry.margin
             if budget <= 0:
                 raise _deadline(operation)
-            ctx.kms_attempts += 1
             try:
                 async with asyncio.timeout(budget) as timer:
-                    return await fn()
+                    return await self._attempt(fn, ctx)
             except TimeoutError as exc:
                 if timer.expired():
                     # Leaving the timeout cancelled the request: aiohttp drops the connection.
@@ -92,6 +102,33 @@ class KmsGateway:
                     http_status=failure.http_status,
                     key_arn=ctx.key_arn or None,
                 ) from failure
+
+    async def _attempt(self, fn: Callable[[], Awaitable[T]], ctx: RequestContext) -> T:
+        """One KMS request, within the bound on calls in flight (load shedding past it)."""
+        if self._slots.locked():
+            if self.waiting >= self._max_waiters:
+                raise _overloaded()
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            ctx.kms_attempts += 1
+            return await fn()
+        finally:
+            self._slots.release()
+
+
+def _overloaded() -> ResourceExhausted:
+    return ResourceExhausted(
+        "the service has too many KMS calls in flight and queued; retry shortly",
+        reason="OVERLOADED",
+        retry_after=0.1,
+        quota_violations=[QuotaViolation("concurrency", "KMS calls in flight and queued")],
+    )
 
 
 def _deadline(operation: str) -> DeadlineExceeded:

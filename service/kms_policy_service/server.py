@@ -25,7 +25,9 @@ from kms_policy_service.backend import KmsBackend
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
 from kms_policy_service.health import Health
 from kms_policy_service.local_kms import DemoKey
-from kms_policy_service.ratelimit import NoLimit
+from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
+from kms_policy_service.ratelimit.redis_store import RedisStore
+from kms_policy_service.reads import PolicyReads
 from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.servicer import PolicyServicer
 from kms_policy_service.settings import Settings
@@ -76,6 +78,7 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._should_exit = asyncio.Event()
         self.demo_key: DemoKey | None = None
+        self.limiter: RateLimiter | None = None
 
     async def serve(self) -> None:
         await self.startup()
@@ -108,14 +111,27 @@ class Server:
                 "principal": principal.arn,
             },
         )
+        limiter = RateLimiter(
+            Limits(
+                operations=settings.kms_rate_limits,
+                caller=settings.caller_rate_limit,
+                key_writes=settings.key_write_rate_limit,
+                max_queue_wait=settings.max_queue_wait,
+                max_waiters=settings.max_waiters,
+            ),
+            await self._shared_store(settings),
+        )
+        self.limiter = limiter
         gateway = KmsGateway(
-            NoLimit(),
+            limiter,
             RetryPolicy(
                 max_attempts=settings.retry_max_attempts,
                 base=settings.retry_base,
                 cap=settings.retry_cap,
                 margin=settings.deadline_margin,
             ),
+            max_concurrency=settings.max_concurrency,
+            max_waiters=settings.max_waiters,
         )
         resolver = KeyResolver(
             backend,
@@ -131,6 +147,7 @@ class Server:
             gateway=gateway,
             resolver=resolver,
             principal=principal,
+            reads=PolicyReads(cache_ttl=settings.read_cache_ttl),
             default_deadline=settings.default_deadline,
         )
         self._server, self.port = create_server(settings, servicer, self.health)
@@ -150,6 +167,15 @@ class Server:
                 grpcurl,
                 extra={"demo_key_arn": self.demo_key.arn, "grpcurl": grpcurl},
             )
+
+    async def _shared_store(self, settings: Settings) -> SharedStore:
+        if not settings.rate_limit_backend:
+            return LocalStore()
+        store = RedisStore(
+            settings.rate_limit_backend, fallback_fraction=settings.rate_limit_fallback_fraction
+        )
+        self._stack.push_async_callback(store.close)
+        return store
 
     async def _open_kms(self, settings: Settings) -> tuple[KmsBackend, Settings]:
         from kms_policy_service.kms import AioKmsBackend

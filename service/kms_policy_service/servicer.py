@@ -31,6 +31,7 @@ from kms_policy_service.errors import (
 from kms_policy_service.etag import etag_of_document, policy_etag
 from kms_policy_service.gateway import KmsGateway
 from kms_policy_service.locks import KeyLocks
+from kms_policy_service.reads import PolicyReads
 from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver, ResolvedKey
 from kms_policy_service.validation import (
@@ -71,12 +72,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         gateway: KmsGateway,
         resolver: KeyResolver,
         principal: ServicePrincipal,
+        reads: PolicyReads,
         default_deadline: float,
     ) -> None:
         self._backend = backend
         self._gateway = gateway
         self._resolver = resolver
         self._principal = principal
+        self._reads = reads
         self._default_deadline = default_deadline
         self._locks = KeyLocks()
 
@@ -112,7 +115,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         ref = parse_key_id(request.key_id)
         name = policy_name_for_read(request.policy_name)
         key = await self._resolve(ref, ctx)
-        policy = await self._read_policy(key, name, ctx)
+        # Concurrent identical reads share one KMS call (and the optional cache).
+        policy = await self._reads.read(key.arn, name, lambda: self._read_policy(key, name, ctx))
         return pb.GetKeyPolicyResponse(
             key_arn=key.arn, policy_name=name, policy=policy, etag=policy_etag(policy)
         )
@@ -184,6 +188,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 ctx=ctx,
                 key=key.arn,
             )
+            self._reads.invalidate(key.arn, name)
         return reply
 
     async def _list(

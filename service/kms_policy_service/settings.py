@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from kms_policy_service.ratelimit.gcra import Rate
+from kms_policy_service.ratelimit.limiter import DEFAULT_KEY_WRITE_RATE, DEFAULT_OPERATION_RATES
 
 # Named defaults, with their units.
 DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: safe for sidecar mode
@@ -22,6 +26,11 @@ DEFAULT_RETRY_CAP_SECONDS = 1.0
 # A valid request carries at most a 32 KiB policy (plus short fields): refuse much larger
 # messages in gRPC itself, before any parsing.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+DEFAULT_MAX_QUEUE_WAIT_SECONDS = 2.0
+DEFAULT_MAX_CONCURRENCY = 64  # KMS calls in flight; matches the connection pool
+DEFAULT_MAX_WAITERS = 256  # calls queued for a token or a connection, beyond which we shed
+DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
+KMS_OPERATIONS = ("PutKeyPolicy", "GetKeyPolicy", "ListKeyPolicies", "DescribeKey")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
@@ -55,6 +64,17 @@ class Settings:
     retry_base: float = DEFAULT_RETRY_BASE_SECONDS
     retry_cap: float = DEFAULT_RETRY_CAP_SECONDS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    kms_rate_limits: Mapping[str, Rate] = field(
+        default_factory=lambda: dict(DEFAULT_OPERATION_RATES)
+    )
+    caller_rate_limit: Rate | None = None
+    key_write_rate_limit: Rate | None = DEFAULT_KEY_WRITE_RATE
+    max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT_SECONDS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_waiters: int = DEFAULT_MAX_WAITERS
+    rate_limit_backend: str | None = None  # redis://HOST:PORT/DB; None: in memory
+    rate_limit_fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
+    read_cache_ttl: float = 0.0  # seconds; 0: off
 
     def __post_init__(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -78,6 +98,22 @@ class Settings:
             raise SettingsError("key_cache_ttl and deadline_margin must not be negative")
         if self.retry_max_attempts < 1 or self.kms_max_pool_connections < 1:
             raise SettingsError("retry_max_attempts and kms_max_pool_connections must be >= 1")
+        unknown = set(self.kms_rate_limits) - set(KMS_OPERATIONS)
+        if unknown:
+            raise SettingsError(
+                f"--kms-rate-limit: unknown operation {sorted(unknown)[0]!r} "
+                f"(one of {', '.join(KMS_OPERATIONS)})"
+            )
+        if self.max_queue_wait < 0 or self.read_cache_ttl < 0:
+            raise SettingsError("max_queue_wait and read_cache_ttl must not be negative")
+        if self.max_concurrency < 1 or self.max_waiters < 0:
+            raise SettingsError("max_concurrency must be >= 1 and max_waiters >= 0")
+        if not 0 < self.rate_limit_fallback_fraction <= 1:
+            raise SettingsError("rate_limit_fallback_fraction must be in (0, 1]")
+        if self.rate_limit_backend and not self.rate_limit_backend.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError("--rate-limit-backend must be a redis://, rediss:// or unix:// URL")
 
     @property
     def listen_is_loopback(self) -> bool:

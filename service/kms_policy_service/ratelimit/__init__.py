@@ -1,5 +1,28 @@
-"""Rate limiting: token buckets per KMS operation, per caller and per key."""
+"""Rate limiting: GCRA buckets per KMS operation, per caller and per key, in memory or Redis."""
 
-from kms_policy_service.ratelimit.limiter import Limiter, NoLimit
+from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore, Rate
+from kms_policy_service.ratelimit.limiter import (
+    DEFAULT_KEY_WRITE_RATE,
+    DEFAULT_OPERATION_RATES,
+    Limiter,
+    Limits,
+    LocalStore,
+    NoLimit,
+    RateLimiter,
+    SharedStore,
+)
 
-__all__ = ["Limiter", "NoLimit"]
+__all__ = [
+    "DEFAULT_KEY_WRITE_RATE",
+    "DEFAULT_OPERATION_RATES",
+    "Bucket",
+    "Decision",
+    "Limiter",
+    "Limits",
+    "LocalStore",
+    "MemoryStore",
+    "NoLimit",
+    "Rate",
+    "RateLimiter",
+    "SharedStore",
+]

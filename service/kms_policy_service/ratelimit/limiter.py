@@ -1,25 +1,131 @@
-"""The limiter interface the KMS gateway draws tokens from."""
+"""The limiter the KMS gateway draws a token from for every attempt.
+
+Per KMS operation, per caller, and per key for writes. A call waits for its
+token at most min(max_queue_wait, its remaining deadline); otherwise it is
+refused at once with RESOURCE_EXHAUSTED (RATE_LIMITED), RetryInfo and a
+QuotaFailure naming the bucket. The number of waiters is bounded.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from kms_policy_service.errors import QuotaViolation, ResourceExhausted
+from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore, Rate
+
+WRITE_OPERATION = "PutKeyPolicy"
+
+# Well under the published KMS defaults (Put 15/s, Get 1000/s, List 100/s, Describe 2000/s),
+# which every workload in the account shares.
+DEFAULT_OPERATION_RATES: Mapping[str, Rate] = {
+    "PutKeyPolicy": Rate(5, 5),
+    "GetKeyPolicy": Rate(200, 200),
+    "ListKeyPolicies": Rate(20, 20),
+    "DescribeKey": Rate(200, 200),
+}
+DEFAULT_KEY_WRITE_RATE = Rate(1, 1)  # KMS throttles "hot keys" changed too often
 
 
 class Limiter(Protocol):
     async def acquire(
         self, operation: str, *, caller: str, key: str | None, deadline: float
     ) -> None:
-        """Take one token for a KMS attempt, waiting at most until `deadline` (monotonic).
+        """Take one token for a KMS attempt, waiting at most until `deadline` (monotonic)."""
 
-        Raises errors.ResourceExhausted (reason RATE_LIMITED, with RetryInfo and
-        QuotaFailure) when no token frees up in time.
-        """
+
+class SharedStore(Protocol):
+    degraded: bool
+
+    async def reserve(self, buckets: Sequence[Bucket], max_wait: float) -> Decision: ...
+
+
+class LocalStore:
+    """A MemoryStore behind the async SharedStore interface (the default backend)."""
+
+    degraded = False
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.memory = MemoryStore(clock)
+
+    async def reserve(self, buckets: Sequence[Bucket], max_wait: float) -> Decision:
+        return self.memory.reserve(buckets, max_wait)
 
 
 class NoLimit:
-    """Admits everything at once."""
+    """Admits everything at once (tests and benchmarks of other parts)."""
 
     async def acquire(
         self, operation: str, *, caller: str, key: str | None, deadline: float
     ) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    operations: Mapping[str, Rate] = field(default_factory=lambda: dict(DEFAULT_OPERATION_RATES))
+    caller: Rate | None = None
+    key_writes: Rate | None = DEFAULT_KEY_WRITE_RATE
+    max_queue_wait: float = 2.0
+    max_waiters: int = 256
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        limits: Limits,
+        shared: SharedStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.shared = shared
+        self._local = MemoryStore(clock)  # per-caller buckets are per replica
+        self._clock = clock
+        self._operation_buckets = {
+            op: Bucket(f"operation:{op}", r) for op, r in limits.operations.items()
+        }
+        self.waiters = 0
+
+    async def acquire(
+        self, operation: str, *, caller: str, key: str | None, deadline: float
+    ) -> None:
+        now = self._clock()
+        max_wait = max(0.0, min(self.limits.max_queue_wait, deadline - now))
+        if self.waiters >= self.limits.max_waiters:
+            max_wait = 0.0  # no room to queue: only an immediate token will do
+        local = [Bucket(f"caller:{caller}", self.limits.caller)] if self.limits.caller else []
+        shared = (
+            [self._operation_buckets[operation]] if operation in self._operation_buckets else []
+        )
+        if key is not None and operation == WRITE_OPERATION and self.limits.key_writes:
+            shared.append(Bucket(f"key:{key}", self.limits.key_writes))
+        first = self._local.reserve(local, max_wait) if local else Decision(True, 0.0, 0.0)
+        if not first.allowed:
+            raise _refused(first)
+        second = await self.shared.reserve(shared, max_wait)
+        if not second.allowed:
+            self._local.refund(local)
+            raise _refused(second)
+        wait = max(first.wait, second.wait)
+        if wait > 0:
+            self.waiters += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self.waiters -= 1
+
+
+def _refused(decision: Decision) -> ResourceExhausted:
+    assert decision.bucket is not None
+    bucket = decision.bucket
+    return ResourceExhausted(
+        f"rate limit {bucket.name} ({bucket.rate}) reached; retry in {decision.retry_after:.3f}s",
+        reason="RATE_LIMITED",
+        metadata={"bucket": bucket.name.split(":", 1)[0]},
+        retry_after=decision.retry_after,
+        quota_violations=[QuotaViolation(bucket.name, f"at most {bucket.rate}")],
+    )
