@@ -128,3 +128,12 @@ async def service(
     finally:
         await channel.close()
         await server.shutdown()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.kill()

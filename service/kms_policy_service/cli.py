@@ -135,6 +135,56 @@ OPTIONS: tuple[Option, ...] = (
         "KMS attempts per call, retries included (default 3)",
         int,
     ),
+    Option(
+        "--kms-rate-limit",
+        "kms_rate_limits",
+        "OPERATION=RATE[:BURST] per KMS operation, repeatable (defaults PutKeyPolicy=5:5, "
+        "GetKeyPolicy=200:200, ListKeyPolicies=20:20, DescribeKey=200:200)",
+        _operation_rates,
+        repeatable=True,
+    ),
+    Option(
+        "--caller-rate-limit",
+        "caller_rate_limit",
+        "RATE[:BURST] per caller, on top of the operation limits (default off)",
+        _optional_rate,
+    ),
+    Option(
+        "--key-write-rate-limit",
+        "key_write_rate_limit",
+        "RATE[:BURST] of PutKeyPolicy per key (default 1:1; off disables)",
+        _optional_rate,
+    ),
+    Option(
+        "--max-queue-wait",
+        "max_queue_wait",
+        "seconds a call may wait for a token (default 2)",
+        float,
+    ),
+    Option("--max-concurrency", "max_concurrency", "KMS calls in flight (default 64)", int),
+    Option(
+        "--max-waiters",
+        "max_waiters",
+        "calls queued for a token or a KMS slot before shedding (default 256)",
+        int,
+    ),
+    Option(
+        "--rate-limit-backend",
+        "rate_limit_backend",
+        "redis://HOST:PORT/DB: share operation and key buckets across replicas (default in memory)",
+    ),
+    Option(
+        "--rate-limit-fallback-fraction",
+        "rate_limit_fallback_fraction",
+        "fraction of each shared rate used locally while Redis is down (default 0.5)",
+        float,
+    ),
+    Option(
+        "--read-cache-ttl",
+        "read_cache_ttl",
+        "seconds GetKeyPolicy results are cached; 0 disables (default 0)",
+        float,
+    ),
 )
 
 

@@ -155,9 +155,14 @@ class KmsFaultInjector:
                 request.transport.abort()
                 return web.Response(status=500)
             if rule.action == "sleep":
-                await asyncio.sleep(rule.delay)
-                if request.transport is None or request.transport.is_closing():
-                    seen.abandoned = True
+                # Poll the connection: a client that gives up closes it, and we note that
+                # the request was abandoned at once (not when the sleep would have ended).
+                end = asyncio.get_running_loop().time() + rule.delay
+                while asyncio.get_running_loop().time() < end:
+                    if request.transport is None or request.transport.is_closing():
+                        seen.abandoned = True
+                        return web.Response(status=499)
+                    await asyncio.sleep(0.01)
         headers = {
             k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
         }

@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+_EPSILON = 1e-9  # seconds: float rounding must not cost a burst its last token
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -77,7 +79,7 @@ class MemoryStore:
             tat = max(self._tat.get(bucket.name, now), now)
             new_tat = tat + bucket.rate.interval
             allow_at = new_tat - bucket.rate.burst * bucket.rate.interval
-            if allow_at - now > max_wait:
+            if allow_at - now > max_wait + _EPSILON:
                 return Decision(False, 0.0, allow_at - now, bucket)
             due = max(due, allow_at)
             planned.append((bucket, new_tat))

@@ -44,7 +44,7 @@ for i, key in ipairs(KEYS) do
   if tat < now then tat = now end
   local new_tat = tat + interval
   local allow_at = new_tat - burst * interval
-  if allow_at - now > max_wait then
+  if allow_at - now > max_wait + 0.000001 then
     return {0, tostring(allow_at - now), i}
   end
   if allow_at > due then due = allow_at end

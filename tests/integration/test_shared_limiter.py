@@ -1,0 +1,114 @@
+"""Two replicas sharing a real redis-server stay under one configured rate together,
+keep serving when Redis dies, and share the limit again when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+from tests.conftest import policy_for
+from tests.support.kms_faults import KmsFaultInjector
+from tests.support.process import ServiceProcess
+from tests.support.redis_server import RedisServer
+
+RATE = 10  # PutKeyPolicy per second, for both replicas together
+OFFERED = 5 * RATE
+
+
+@pytest.fixture
+def replicas(faults: KmsFaultInjector, redis_server: RedisServer) -> Iterator[list[ServiceProcess]]:
+    args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--kms-endpoint-url",
+        faults.url,
+        "--sts-endpoint-url",
+        faults.url,
+        "--rate-limit-backend",
+        redis_server.url,
+        "--kms-rate-limit",
+        f"PutKeyPolicy={RATE}:1",
+        "--key-write-rate-limit",
+        "off",
+        "--max-queue-wait",
+        "0",
+        "--rate-limit-fallback-fraction",
+        "0.5",
+    ]
+    procs = [ServiceProcess(args).start() for _ in range(2)]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def offer(
+    stubs: list[pb_grpc.PolicyServiceStub], key_arn: str, seconds: float
+) -> Counter[str]:
+    """Offer OFFERED Puts per second for `seconds`, alternating replicas; count outcomes."""
+    policy = policy_for()
+    outcomes: Counter[str] = Counter()
+
+    async def one(stub: pb_grpc.PolicyServiceStub) -> None:
+        try:
+            await stub.PutKeyPolicy(
+                pb.PutKeyPolicyRequest(key_id=key_arn, policy=policy), timeout=5
+            )
+            outcomes["OK"] += 1
+        except grpc.aio.AioRpcError as exc:
+            outcomes[exc.code().name] += 1
+
+    tasks = []
+    start = time.monotonic()
+    for i in range(int(OFFERED * seconds)):
+        delay = start + i / OFFERED - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(stubs[i % len(stubs)])))
+    await asyncio.gather(*tasks)
+    return outcomes
+
+
+def within(measured: int, expected: float, tolerance: float = 0.10) -> bool:
+    return abs(measured - expected) <= tolerance * expected
+
+
+@pytest.mark.slow
+async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
+    replicas: list[ServiceProcess], redis_server: RedisServer, key: dict[str, Any]
+) -> None:
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") for p in replicas]
+    stubs = [pb_grpc.PolicyServiceStub(c) for c in channels]
+    try:
+        for stub in stubs:  # warm up: resolve the key in each replica, outside the window
+            await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+        await asyncio.sleep(1.0)
+
+        shared = await offer(stubs, key["Arn"], 3.0)
+        assert set(shared) <= {"OK", "RESOURCE_EXHAUSTED"}, shared
+        assert within(shared["OK"], RATE * 3.0), shared
+
+        redis_server.kill()
+        degraded = await offer(stubs, key["Arn"], 2.0)
+        # No request fails for the outage: each replica falls back to half the rate.
+        assert set(degraded) <= {"OK", "RESOURCE_EXHAUSTED"}, degraded
+        assert degraded["OK"] > 0
+        assert within(degraded["OK"], RATE * 2.0, tolerance=0.25), degraded
+
+        redis_server.start()
+        await asyncio.sleep(1.5)  # past the store's retry interval
+        recovered = await offer(stubs, key["Arn"], 3.0)
+        assert set(recovered) <= {"OK", "RESOURCE_EXHAUSTED"}, recovered
+        assert within(recovered["OK"], RATE * 3.0), recovered
+        logs = [r.get("message", "") for p in replicas for r in p.drain_logs()]
+        assert any("unreachable" in m for m in logs) and any("reachable again" in m for m in logs)
+    finally:
+        for c in channels:
+            await c.close()
