@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kms_policy_service import settings as defaults
+from kms_policy_service.authz import AuthzPolicyError
 from kms_policy_service.logs import configure as configure_logging
 from kms_policy_service.ratelimit import DEFAULT_OPERATION_RATES, Rate
 from kms_policy_service.settings import Settings, SettingsError
@@ -54,6 +56,15 @@ def _operation_rates(values: list[str]) -> dict[str, Rate]:
 
 def _optional_rate(value: str) -> Rate | None:
     return None if value.strip().lower() in ("", "0", "off", "none") else Rate.parse(value)
+
+
+def _networks(values: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(
+        ipaddress.ip_network(v.strip(), strict=False)
+        for value in values
+        for v in value.split(",")
+        if v.strip()
+    )
 
 
 def _regions(value: str) -> frozenset[str]:
@@ -180,6 +191,49 @@ OPTIONS: tuple[Option, ...] = (
         float,
     ),
     Option(
+        "--tls-cert",
+        "tls_cert",
+        "PEM certificate (chain) for the gRPC listener; reloaded on change",
+    ),
+    Option("--tls-key", "tls_key", "PEM private key for --tls-cert"),
+    Option(
+        "--tls-client-ca",
+        "tls_client_ca",
+        "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    ),
+    Option(
+        "--trusted-proxy",
+        "trusted_proxies",
+        "CIDR whose x-forwarded-client-cert header is believed, repeatable (default none)",
+        _networks,
+        repeatable=True,
+    ),
+    Option(
+        "--insecure",
+        "insecure",
+        "allow a non-loopback listener without TLS or without an authz policy",
+        _bool,
+        True,
+    ),
+    Option(
+        "--authz-policy",
+        "authz_policy",
+        "YAML/JSON authorization rules; reloaded on change or SIGHUP (default: allow all, "
+        "loopback only)",
+    ),
+    Option(
+        "--audit-log",
+        "audit_log",
+        "JSON-lines audit trail of policy changes: a path, or - for stdout",
+    ),
+    Option(
+        "--audit-omit-policies",
+        "audit_omit_policies",
+        "leave the previous/new policy text out of audit records",
+        _bool,
+        True,
+    ),
+    Option(
         "--read-cache-ttl",
         "read_cache_ttl",
         "seconds GetKeyPolicy results are cached; 0 disables (default 0)",
@@ -255,6 +309,9 @@ def run(settings: Settings) -> int:
         runner = uvloop.run
     try:
         runner(main())
+    except AuthzPolicyError as exc:
+        log.error("bad authorization policy: %s", exc)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("could not start: %s", exc)
         return EXIT_STARTUP

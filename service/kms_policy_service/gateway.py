@@ -65,7 +65,7 @@ class KmsGateway:
             if budget <= 0:
                 raise _deadline(operation)
             await self._limiter.acquire(
-                operation, caller=ctx.caller, key=key, deadline=ctx.deadline - self._retry.margin
+                operation, caller=ctx.rate_key, key=key, deadline=ctx.deadline - self._retry.margin
             )
             budget = ctx.remaining() - self._retry.margin
             if budget <= 0:

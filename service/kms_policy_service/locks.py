@@ -1,25 +1,66 @@
-"""Per-key write locks inside one replica, so a read-compare-write is never interleaved."""
+"""Per-key write locks, so a read-compare-write is never interleaved with another.
+
+Inside a replica, one asyncio.Lock per key. Across replicas, when Redis is
+configured, also a Redis lock with a lease (SET NX PX; released by a
+compare-and-delete script on every path). If Redis is unreachable the replica
+goes on with its local lock only and logs it: KMS has no conditional write, so
+this is best effort against writers in other replicas, and none at all against
+writers outside the service.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "{kmspolicy}:lock:"
+POLL_SECONDS = 0.02
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class KeyLocks:
-    """One asyncio.Lock per key while anyone holds or waits for it; memory stays bounded."""
-
-    def __init__(self) -> None:
+    def __init__(self, redis_url: str | None = None, *, timeout: float = 0.25) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._redis: Any = None
+        if redis_url:
+            self._redis = aioredis.from_url(
+                redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            self._release = self._redis.register_script(_RELEASE)
+        self._warned = False
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str, *, lease: float, wait: float) -> AsyncIterator[None]:
+        """Hold `key` here (and across replicas); raise TimeoutError after `wait` seconds."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + wait
+            async with asyncio.timeout(max(0.0, wait)):
+                await lock.acquire()
+            try:
+                token = await self._acquire_shared(key, lease, give_up)
+                try:
+                    yield
+                finally:
+                    if token is not None:
+                        await self._release_shared(key, token)
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[key]
             if users == 1:
@@ -27,5 +68,36 @@ class KeyLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    async def _acquire_shared(self, key: str, lease: float, give_up: float) -> str | None:
+        if self._redis is None:
+            return None
+        token = secrets.token_hex(16)
+        lease_ms = max(1, int(lease * 1000))
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if await self._redis.set(LOCK_PREFIX + key, token, nx=True, px=lease_ms):
+                    self._warned = False
+                    return token
+            except (RedisError, OSError) as exc:
+                if not self._warned:
+                    log.warning(
+                        "shared key lock unavailable (%s): serializing writes in this replica only",
+                        type(exc).__name__,
+                    )
+                    self._warned = True
+                return None
+            if loop.time() + POLL_SECONDS > give_up:
+                raise TimeoutError(f"key {key} stayed locked by another replica")
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _release_shared(self, key: str, token: str) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else the lease expires on its own
+            await self._release(keys=[LOCK_PREFIX + key], args=[token])
+
     def __len__(self) -> int:
         return len(self._locks)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 class RequestContext:
     request_id: str
     method: str
-    caller: str
+    caller: str  # the caller's identity, "" when unidentified
     peer: str
+    rate_key: str  # what per-caller rate buckets are keyed by
     deadline: float  # time.monotonic() by which the answer is due
     kms_attempts: int = 0
     key_arn: str = ""

@@ -2,10 +2,10 @@
 
     serve -> startup -> (wait for SIGTERM/SIGINT) -> shutdown
 
-startup: [local KMS] -> KMS clients -> STS identity -> components -> gRPC listener
-         -> health SERVING.
-shutdown: health NOT_SERVING -> server.stop(grace) -> close the KMS clients (one
-          AsyncExitStack, in reverse order of creation).
+startup: [local KMS] -> KMS clients -> STS identity -> limiter, locks, authz, audit
+         -> servicer -> gRPC listener (TLS when configured) -> health SERVING.
+shutdown: health NOT_SERVING -> server.stop(grace) -> background tasks -> close the
+          KMS clients, Redis and the audit log (one AsyncExitStack, in reverse order).
 """
 
 from __future__ import annotations
@@ -16,35 +16,47 @@ import logging
 import shlex
 import signal
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kms_policy_service.audit import AuditLog
+from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
 from kms_policy_service.health import Health
+from kms_policy_service.identity import Identifier
 from kms_policy_service.local_kms import DemoKey
+from kms_policy_service.locks import KeyLocks
 from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
 from kms_policy_service.ratelimit.redis_store import RedisStore
 from kms_policy_service.reads import PolicyReads
 from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.servicer import PolicyServicer
 from kms_policy_service.settings import Settings
+from kms_policy_service.tls import server_credentials
 from kms_policy_service.validation import ServicePrincipal
 from kmspolicy.v1 import policy_service_pb2, policy_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 POLICY_SERVICE = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+INSECURE_WARNING_INTERVAL_SECONDS = 3600.0
 
 
 def create_server(
-    settings: Settings, servicer: PolicyServicer, health: Health
+    settings: Settings,
+    servicer: PolicyServicer,
+    health: Health,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with PolicyService, health and reflection, bound to settings.listen."""
     server = grpc.aio.server(
         options=[
+            # Refuse oversized messages in gRPC itself, before any parsing.
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -53,14 +65,12 @@ def create_server(
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
-        (
-            POLICY_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+        (POLICY_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise OSError(f"could not bind {settings.listen}")
     return server, port
@@ -73,12 +83,14 @@ class Server:
         self.settings = settings
         self.port = 0
         self.health = Health()
+        self.demo_key: DemoKey | None = None
+        self.limiter: RateLimiter | None = None
+        self.authorizer: Authorizer | None = None
         self._backend = backend
         self._stack = AsyncExitStack()
         self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._should_exit = asyncio.Event()
-        self.demo_key: DemoKey | None = None
-        self.limiter: RateLimiter | None = None
 
     async def serve(self) -> None:
         await self.startup()
@@ -86,6 +98,8 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
+            if self.authorizer is not None and self.authorizer.path is not None:
+                loop.add_signal_handler(signal.SIGHUP, self.authorizer.reload)
             await self._should_exit.wait()
             log.info("stop requested: draining for up to %.1fs", self.settings.shutdown_grace)
         finally:
@@ -98,6 +112,20 @@ class Server:
     async def startup(self) -> None:
         settings = self.settings
         await self.health.not_serving()
+        # Cheap, local things first: a bad authz file or TLS pair fails before KMS is touched.
+        self.authorizer = Authorizer(Path(settings.authz_policy) if settings.authz_policy else None)
+        credentials = None
+        if settings.tls_cert and settings.tls_key:
+            credentials, _ = server_credentials(
+                Path(settings.tls_cert),
+                Path(settings.tls_key),
+                Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+            )
+        audit = None
+        if settings.audit_log:
+            audit = AuditLog(settings.audit_log, omit_policies=settings.audit_omit_policies)
+            self._stack.callback(audit.close)
+
         backend = self._backend
         if backend is None:
             backend, settings = await self._open_kms(settings)
@@ -111,7 +139,8 @@ class Server:
                 "principal": principal.arn,
             },
         )
-        limiter = RateLimiter(
+
+        self.limiter = RateLimiter(
             Limits(
                 operations=settings.kms_rate_limits,
                 caller=settings.caller_rate_limit,
@@ -119,11 +148,10 @@ class Server:
                 max_queue_wait=settings.max_queue_wait,
                 max_waiters=settings.max_waiters,
             ),
-            await self._shared_store(settings),
+            self._shared_store(settings),
         )
-        self.limiter = limiter
         gateway = KmsGateway(
-            limiter,
+            self.limiter,
             RetryPolicy(
                 max_attempts=settings.retry_max_attempts,
                 base=settings.retry_base,
@@ -133,42 +161,48 @@ class Server:
             max_concurrency=settings.max_concurrency,
             max_waiters=settings.max_waiters,
         )
-        resolver = KeyResolver(
-            backend,
-            gateway,
-            account=identity.account,
-            home_region=settings.region,
-            allowed_regions=settings.allowed_regions,
-            ttl=settings.key_cache_ttl,
-            max_entries=settings.key_cache_max_entries,
-        )
+        locks = KeyLocks(settings.rate_limit_backend)
+        self._stack.push_async_callback(locks.close)
         servicer = PolicyServicer(
             backend=backend,
             gateway=gateway,
-            resolver=resolver,
+            resolver=KeyResolver(
+                backend,
+                gateway,
+                account=identity.account,
+                home_region=settings.region,
+                allowed_regions=settings.allowed_regions,
+                ttl=settings.key_cache_ttl,
+                max_entries=settings.key_cache_max_entries,
+            ),
             principal=principal,
             reads=PolicyReads(cache_ttl=settings.read_cache_ttl),
+            identifier=Identifier(
+                loopback_listener=settings.listen_is_loopback,
+                trusted_proxies=settings.trusted_proxies,
+            ),
+            authorizer=self.authorizer,
+            audit=audit,
+            locks=locks,
             default_deadline=settings.default_deadline,
         )
-        self._server, self.port = create_server(settings, servicer, self.health)
-        await self._server.start()
-        await self.health.serving()
-        log.info("serving", extra={"listen": settings.listen, "port": self.port})
-        if self.demo_key is not None:
-            host = settings.listen.rsplit(":", 1)[0]
-            grpcurl = (
-                f'grpcurl -plaintext -d \'{{"key_id": "{self.demo_key.arn}"}}\' '
-                f"{shlex.quote(f'{host}:{self.port}')} {POLICY_SERVICE}/GetKeyPolicy"
-            )
-            log.info(
-                "demo key %s (%s) ready; try: %s",
-                self.demo_key.arn,
-                self.demo_key.alias,
-                grpcurl,
-                extra={"demo_key_arn": self.demo_key.arn, "grpcurl": grpcurl},
-            )
 
-    async def _shared_store(self, settings: Settings) -> SharedStore:
+        self._server, self.port = create_server(settings, servicer, self.health, credentials)
+        await self._server.start()
+        if self.authorizer.path is not None:
+            self._tasks.append(
+                asyncio.create_task(self.authorizer.watch(settings.authz_reload_interval))
+            )
+        if settings.insecure and not settings.listen_is_loopback:
+            self._tasks.append(asyncio.create_task(self._warn_insecure()))
+        await self.health.serving()
+        log.info(
+            "serving",
+            extra={"listen": settings.listen, "port": self.port, "tls": settings.tls},
+        )
+        self._log_demo(settings)
+
+    def _shared_store(self, settings: Settings) -> SharedStore:
         if not settings.rate_limit_backend:
             return LocalStore()
         store = RedisStore(
@@ -198,9 +232,38 @@ class Server:
             log.info("local KMS at %s", local.endpoint_url)
         return backend, settings
 
+    def _log_demo(self, settings: Settings) -> None:
+        if self.demo_key is None:
+            return
+        host = settings.listen.rsplit(":", 1)[0]
+        grpcurl = (
+            f'grpcurl -plaintext -d \'{{"key_id": "{self.demo_key.arn}"}}\' '
+            f"{shlex.quote(f'{host}:{self.port}')} {POLICY_SERVICE}/GetKeyPolicy"
+        )
+        log.info(
+            "demo key %s (%s) ready; try: %s",
+            self.demo_key.arn,
+            self.demo_key.alias,
+            grpcurl,
+            extra={"demo_key_arn": self.demo_key.arn, "grpcurl": grpcurl},
+        )
+
+    async def _warn_insecure(self) -> None:
+        while True:
+            log.warning(
+                "INSECURE: %s is reachable from the network without %s; anyone who can reach "
+                "it can rewrite key policies",
+                self.settings.listen,
+                "TLS" if not self.settings.tls else "an authorization policy",
+            )
+            await asyncio.sleep(INSECURE_WARNING_INTERVAL_SECONDS)
+
     async def shutdown(self) -> None:
         await self.health.shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
         log.info("stopped")

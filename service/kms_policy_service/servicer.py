@@ -16,20 +16,27 @@ from typing import Any, TypeVar
 import grpc
 from grpc_status import rpc_status
 
+from kms_policy_service.audit import AuditLog, audit_unavailable, change_summary
+from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.errors import (
     Aborted,
+    DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
     Internal,
     InvalidArgument,
+    NotFound,
+    PermissionDenied,
     PreconditionViolation,
     ServiceError,
+    Unauthenticated,
     internal_error,
     to_status,
 )
 from kms_policy_service.etag import etag_of_document, policy_etag
 from kms_policy_service.gateway import KmsGateway
+from kms_policy_service.identity import Identifier
 from kms_policy_service.locks import KeyLocks
 from kms_policy_service.reads import PolicyReads
 from kms_policy_service.request import RequestContext
@@ -37,6 +44,7 @@ from kms_policy_service.resolver import KeyResolver, ResolvedKey
 from kms_policy_service.validation import (
     Finding,
     KeyKind,
+    KeyRef,
     ServicePrincipal,
     Severity,
     lockout_findings,
@@ -73,6 +81,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         resolver: KeyResolver,
         principal: ServicePrincipal,
         reads: PolicyReads,
+        identifier: Identifier,
+        authorizer: Authorizer,
+        audit: AuditLog | None,
+        locks: KeyLocks,
         default_deadline: float,
     ) -> None:
         self._backend = backend
@@ -80,8 +92,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._resolver = resolver
         self._principal = principal
         self._reads = reads
+        self._identifier = identifier
+        self._authz = authorizer
+        self._audit = audit
+        self._locks = locks
         self._default_deadline = default_deadline
-        self._locks = KeyLocks()
 
     # -- RPCs ---------------------------------------------------------------
 
@@ -114,7 +129,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     ) -> pb.GetKeyPolicyResponse:
         ref = parse_key_id(request.key_id)
         name = policy_name_for_read(request.policy_name)
-        key = await self._resolve(ref, ctx)
+        key = await self._authorize(ctx, "GetKeyPolicy", ref) or await self._resolve(ref, ctx)
         # Concurrent identical reads share one KMS call (and the optional cache).
         policy = await self._reads.read(key.arn, name, lambda: self._read_policy(key, name, ctx))
         return pb.GetKeyPolicyResponse(
@@ -124,16 +139,48 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     async def _put(
         self, request: pb.PutKeyPolicyRequest, ctx: RequestContext
     ) -> pb.PutKeyPolicyResponse:
+        record: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "caller": ctx.caller,
+            "peer": ctx.peer,
+            "action": "PutKeyPolicy",
+            "key_id": request.key_id[:2048],
+            "policy_name": request.policy_name or DEFAULT_POLICY_NAME,
+            "bypass_lockout_check": request.bypass_policy_lockout_safety_check,
+            "expected_etag": request.etag,
+        }
+        audited = self._audit is not None and not request.validate_only
+        try:
+            return await self._put_checked(request, ctx, record)
+        except ServiceError as err:
+            if audited:
+                record.update(outcome=err.code.name, reason=err.reason, message=err.message)
+                await self._audit_write(record, durable=False)
+            raise
+        except asyncio.CancelledError:
+            if audited and record.get("phase") == "outcome":
+                record.update(outcome="CANCELLED", reason="CANCELLED")
+                await self._audit_write(record, durable=False)
+            raise
+
+    async def _put_checked(
+        self, request: pb.PutKeyPolicyRequest, ctx: RequestContext, record: dict[str, Any]
+    ) -> pb.PutKeyPolicyResponse:
+        record["phase"] = "refused"
+        if self._audit is not None and not request.validate_only and not self._audit.healthy:
+            raise audit_unavailable(self._audit.error or "not writable")
         ref = parse_key_id(request.key_id)
         name = policy_name_for_write(request.policy_name)
         if request.etag and not _ETAG.fullmatch(request.etag):
             raise _bad_field(
                 "etag", "etag must be 64 lowercase hex characters (from a Get)", "INVALID_ETAG"
             )
+        authorized_key = await self._authorize(ctx, "PutKeyPolicy", ref)
         parsed = parse_policy(request.policy)
         raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
         assert parsed.document is not None  # no errors: it parsed
-        if name == DEFAULT_POLICY_NAME and not request.bypass_policy_lockout_safety_check:
+        bypass = request.bypass_policy_lockout_safety_check
+        if name == DEFAULT_POLICY_NAME and not bypass:
             # Before any KMS call, refuse a policy that locks the service out of any key.
             known_arn = ref.raw if ref.kind is KeyKind.KEY_ARN else None
             raise_for_errors(
@@ -141,7 +188,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 field="policy",
                 reason="POLICY_LOCKOUT",
             )
-        key = await self._resolve(ref, ctx)
+        key = authorized_key or await self._resolve(ref, ctx)
+        record["key_arn"] = key.arn
         if key.metadata.aws_managed:
             raise FailedPrecondition(
                 f"{key.arn} is an AWS-managed key: its policy can be read but never changed",
@@ -151,45 +199,80 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     PreconditionViolation("KEY_MANAGER", key.arn, "the key is managed by AWS")
                 ],
             )
-        findings = self._key_findings(
-            parsed.document, key, name, bypass=request.bypass_policy_lockout_safety_check
-        )
+        findings = self._key_findings(parsed.document, key, name, bypass=bypass)
         lockout = [f for f in errors_only(findings) if f.code == "POLICY_LOCKOUT"]
         raise_for_errors(
             findings, field="policy", reason="POLICY_LOCKOUT" if lockout else "INVALID_POLICY"
         )
         new_etag = etag_of_document(parsed.document)
+        record["new_etag"] = new_etag
         reply = pb.PutKeyPolicyResponse(key_arn=key.arn, policy_name=name, etag=new_etag)
         if request.validate_only:
             return reply
-        async with self._locks.hold(key.arn):
-            if request.etag:
-                current = policy_etag(await self._read_policy(key, name, ctx))
-                if current != request.etag:
-                    raise Aborted(
-                        "the key policy changed since it was read (etag mismatch); "
-                        "read it again and reapply your change",
-                        reason="ETAG_MISMATCH",
-                        metadata={
-                            "keyArn": key.arn,
-                            "currentEtag": current,
-                            "expectedEtag": request.etag,
-                        },
-                    )
-            await self._gateway.call(
-                "PutKeyPolicy",
-                lambda: self._backend.put_key_policy(
-                    key.arn,
-                    name,
-                    request.policy,
-                    bypass_lockout_check=request.bypass_policy_lockout_safety_check,
-                    region=key.region,
-                ),
-                ctx=ctx,
-                key=key.arn,
-            )
-            self._reads.invalidate(key.arn, name)
+        try:
+            async with self._locks.hold(key.arn, lease=ctx.remaining() + 1, wait=ctx.remaining()):
+                await self._write(request, ctx, key, name, parsed.document, record)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                "the call's deadline ran out waiting for another write to this key",
+                metadata={"keyArn": key.arn},
+            ) from exc
+        if self._audit is not None:
+            record.update(outcome="OK", reason="")
+            await self._audit_write(record, durable=False)
         return reply
+
+    async def _write(
+        self,
+        request: pb.PutKeyPolicyRequest,
+        ctx: RequestContext,
+        key: ResolvedKey,
+        name: str,
+        document: dict[str, Any],
+        record: dict[str, Any],
+    ) -> None:
+        """Read-compare-write under the key's lock: the intent is on disk before KMS is called."""
+        if self._audit is not None or request.etag:
+            previous = await self._read_policy(key, name, ctx)  # fresh: never from the cache
+            previous_etag = policy_etag(previous)
+            record["previous_etag"] = previous_etag
+            if request.etag and previous_etag != request.etag:
+                raise Aborted(
+                    "the key policy changed since it was read (etag mismatch); "
+                    "read it again and reapply your change",
+                    reason="ETAG_MISMATCH",
+                    metadata={
+                        "keyArn": key.arn,
+                        "currentEtag": previous_etag,
+                        "expectedEtag": request.etag,
+                    },
+                    precondition_violations=[
+                        PreconditionViolation("ETAG", key.arn, "the policy's etag differs")
+                    ],
+                )
+            if self._audit is not None:
+                record["changes"] = change_summary(_json_or_none(previous), document)
+                record["previous_policy"] = previous
+                record["new_policy"] = request.policy
+                await self._audit_write({**record, "phase": "intent"}, durable=True)
+        record["phase"] = "outcome"
+        await self._gateway.call(
+            "PutKeyPolicy",
+            lambda: self._backend.put_key_policy(
+                key.arn,
+                name,
+                request.policy,
+                bypass_lockout_check=request.bypass_policy_lockout_safety_check,
+                region=key.region,
+            ),
+            ctx=ctx,
+            key=key.arn,
+        )
+        self._reads.invalidate(key.arn, name)
+
+    async def _audit_write(self, record: dict[str, Any], *, durable: bool) -> None:
+        assert self._audit is not None
+        await self._audit.record(record, durable=durable)
 
     async def _list(
         self, request: pb.ListKeyPoliciesRequest, ctx: RequestContext
@@ -201,7 +284,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 f"page_size must be 0 (the KMS default) to {MAX_PAGE_SIZE}",
                 "INVALID_PAGE_SIZE",
             )
-        key = await self._resolve(ref, ctx)
+        key = await self._authorize(ctx, "ListKeyPolicies", ref) or await self._resolve(ref, ctx)
         marker = _decode_page_token(request.page_token, key.arn) if request.page_token else None
         page = await self._gateway.call(
             "ListKeyPolicies",
@@ -218,10 +301,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     ) -> pb.ValidateKeyPolicyResponse:
         name = policy_name_for_write(request.policy_name)
         ref = parse_key_id(request.key_id) if request.key_id else None
+        authorized_key = await self._authorize(ctx, "ValidateKeyPolicy", ref)
         parsed = parse_policy(request.policy)
         findings = list(parsed.findings)
         if ref is not None:
-            key = await self._resolve(ref, ctx)
+            key = authorized_key or await self._resolve(ref, ctx)
             if key.metadata.aws_managed:
                 findings.append(
                     Finding.error(
@@ -243,7 +327,36 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     # -- shared steps -------------------------------------------------------
 
-    async def _resolve(self, ref: Any, ctx: RequestContext) -> ResolvedKey:
+    async def _authorize(
+        self, ctx: RequestContext, action: str, ref: KeyRef | None
+    ) -> ResolvedKey | None:
+        """Allow or refuse before the key's existence is revealed (AIP-193).
+
+        Returns the resolved key when resolving it was needed to decide (rules that
+        name key ARNs while the caller named an alias or a bare ID), else None.
+        """
+        if not ctx.caller:
+            if self._authz.required:
+                raise Unauthenticated(
+                    "the caller could not be identified (no client certificate, no trusted "
+                    "proxy header)",
+                    reason="UNAUTHENTICATED",
+                )
+            return None
+        policy = self._authz.policy
+        if not policy.may_act(ctx.caller, action):
+            raise _denied(ctx.caller, action, ref)
+        if ref is None or policy.allows(ctx.caller, action, ref.names):
+            return None
+        try:
+            key = await self._resolve(ref, ctx)
+        except NotFound as exc:  # an unauthorized caller must not learn the key is missing
+            raise _denied(ctx.caller, action, ref) from exc
+        if not policy.allows(ctx.caller, action, (key.arn,)):
+            raise _denied(ctx.caller, action, ref)
+        return key
+
+    async def _resolve(self, ref: KeyRef, ctx: RequestContext) -> ResolvedKey:
         key = await self._resolver.resolve(ref, ctx)
         ctx.key_arn = key.arn
         return key
@@ -320,14 +433,32 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         remaining = context.time_remaining()
         if remaining is None:
             remaining = self._default_deadline
-        peer = context.peer() or ""
+        caller = self._identifier.identify(context)
         return RequestContext(
             request_id=request_id or uuid.uuid4().hex,
             method=method,
-            caller=_peer_host(peer),
-            peer=peer,
+            caller=caller.identity or "",
+            peer=caller.peer,
+            rate_key=caller.rate_key,
             deadline=started + remaining,
         )
+
+
+def _denied(caller: str, action: str, ref: KeyRef | None) -> PermissionDenied:
+    target = f" on {ref.raw}" if ref is not None else ""
+    return PermissionDenied(
+        f"caller {caller!r} is not authorized to call {action}{target}",
+        reason="CALLER_NOT_AUTHORIZED",
+        metadata={"caller": caller, "action": action},
+    )
+
+
+def _json_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: RequestContext) -> None:
@@ -344,14 +475,6 @@ async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: Requ
     ):
         err.metadata["keyArn"] = ctx.key_arn
     await context.abort_with_status(rpc_status.to_status(to_status(err, request_id=ctx.request_id)))
-
-
-def _peer_host(peer: str) -> str:
-    """ipv4:1.2.3.4:5678 -> 1.2.3.4; the caller until authentication names one."""
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return peer
 
 
 def _bad_field(field: str, message: str, reason: str) -> InvalidArgument:

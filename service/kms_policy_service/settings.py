@@ -30,6 +30,7 @@ DEFAULT_MAX_QUEUE_WAIT_SECONDS = 2.0
 DEFAULT_MAX_CONCURRENCY = 64  # KMS calls in flight; matches the connection pool
 DEFAULT_MAX_WAITERS = 256  # calls queued for a token or a connection, beyond which we shed
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
+DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
 KMS_OPERATIONS = ("PutKeyPolicy", "GetKeyPolicy", "ListKeyPolicies", "DescribeKey")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -75,6 +76,15 @@ class Settings:
     rate_limit_backend: str | None = None  # redis://HOST:PORT/DB; None: in memory
     rate_limit_fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
     read_cache_ttl: float = 0.0  # seconds; 0: off
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: clients must present a certificate it signed
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    insecure: bool = False
+    authz_policy: str | None = None
+    authz_reload_interval: float = DEFAULT_AUTHZ_RELOAD_SECONDS
+    audit_log: str | None = None  # a path, or "-" for stdout
+    audit_omit_policies: bool = False
 
     def __post_init__(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -110,10 +120,31 @@ class Settings:
             raise SettingsError("max_concurrency must be >= 1 and max_waiters >= 0")
         if not 0 < self.rate_limit_fallback_fraction <= 1:
             raise SettingsError("rate_limit_fallback_fraction must be in (0, 1]")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not self.listen_is_loopback and not self.insecure:
+            if not self.tls_cert:
+                raise SettingsError(
+                    f"--listen {self.listen} is not loopback: it needs --tls-cert/--tls-key "
+                    "(or --insecure, which lets anyone on the network rewrite key policies)"
+                )
+            if not self.authz_policy:
+                raise SettingsError(
+                    f"--listen {self.listen} is not loopback: it needs --authz-policy "
+                    "(or --insecure, which allows every caller everything)"
+                )
+        if self.authz_reload_interval <= 0:
+            raise SettingsError("authz_reload_interval must be positive")
         if self.rate_limit_backend and not self.rate_limit_backend.startswith(
             ("redis://", "rediss://", "unix://")
         ):
             raise SettingsError("--rate-limit-backend must be a redis://, rediss:// or unix:// URL")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def listen_is_loopback(self) -> bool:

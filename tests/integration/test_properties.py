@@ -163,7 +163,6 @@ def test_get_list_and_validate_never_answer_internal(
 
 
 principals = st.one_of(
-    st.just("*"),
     st.just(ACCOUNT),
     st.from_regex(
         r"arn:aws:iam::111122223333:(root|role/[A-Za-z0-9]{1,12}|user/[A-Za-z0-9]{1,12})",
@@ -191,9 +190,7 @@ def valid_policies(draw: st.DrawFn) -> str:
         statement: dict[str, Any] = {
             "Sid": f"{sid}{i}",
             "Effect": draw(st.sampled_from(["Allow", "Deny"])),
-            "Principal": {
-                "AWS": draw(st.lists(principals.filter(lambda p: p != "*"), min_size=1, max_size=3))
-            },
+            "Principal": {"AWS": draw(st.lists(principals, min_size=1, max_size=3))},
             "Action": draw(st.one_of(actions, st.lists(actions, min_size=1, max_size=3))),
             "Resource": "*",
         }

@@ -45,6 +45,13 @@ class KeyRef:
     def is_alias(self) -> bool:
         return self.kind in (KeyKind.ALIAS, KeyKind.ALIAS_ARN)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names authorization rules may match before resolution (an alias ARN's alias too)."""
+        if self.kind is KeyKind.ALIAS_ARN:
+            return (self.raw, self.raw.split(":", 5)[5])
+        return (self.raw,)
+
 
 def _invalid(
     message: str, reason: str = "INVALID_KEY_ID", field: str = "key_id"

@@ -1,0 +1,153 @@
+"""Authorization: which caller may do which action on which keys, from a reloadable file.
+
+Format (YAML or JSON)::
+
+    rules:
+      - callers: ["spiffe://cluster.local/ns/payments/sa/*"]   # exact, or * glob
+        actions: ["GetKeyPolicy", "ListKeyPolicies"]           # or "*"
+        keys: ["arn:aws:kms:*:123456789012:key/*", "alias/payments-*"]  # or "*"
+
+With a file, anything not allowed is denied. The file is re-read when it
+changes (polled) or on SIGHUP; a file that fails to load keeps the previous
+rules and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("GetKeyPolicy", "PutKeyPolicy", "ListKeyPolicies", "ValidateKeyPolicy")
+
+
+class AuthzPolicyError(ValueError):
+    """The policy file is malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    callers: tuple[str, ...]
+    actions: tuple[str, ...]
+    keys: tuple[str, ...]
+
+    def covers(self, caller: str, action: str) -> bool:
+        return ("*" in self.actions or action in self.actions) and any(
+            fnmatch.fnmatchcase(caller, pattern) for pattern in self.callers
+        )
+
+    def allows_key(self, names: Iterable[str]) -> bool:
+        return any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in self.keys)
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    rules: tuple[Rule, ...]
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "policy") -> AuthzPolicy:
+        try:
+            data = yaml.safe_load(text)  # JSON is YAML too
+        except yaml.YAMLError as exc:
+            raise AuthzPolicyError(f"{source}: not YAML or JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+            raise AuthzPolicyError(f"{source}: expected an object with a list `rules`")
+        unknown_top = set(data) - {"rules"}
+        if unknown_top:
+            raise AuthzPolicyError(f"{source}: unknown field {sorted(unknown_top)[0]!r}")
+        return cls(tuple(_rule(r, f"{source}: rules[{i}]") for i, r in enumerate(data["rules"])))
+
+    @classmethod
+    def load(cls, path: Path) -> AuthzPolicy:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise AuthzPolicyError(f"{path}: {exc.strerror}") from exc
+        return cls.parse(text, source=str(path))
+
+    def may_act(self, caller: str, action: str) -> bool:
+        """Some rule lets `caller` do `action` on some key."""
+        return any(r.covers(caller, action) for r in self.rules)
+
+    def allows(self, caller: str, action: str, key_names: Sequence[str]) -> bool:
+        """Some rule lets `caller` do `action` on a key known by any of `key_names`."""
+        return any(r.covers(caller, action) and r.allows_key(key_names) for r in self.rules)
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise AuthzPolicyError(f"{where}: expected a non-empty list of strings")
+    return tuple(value)
+
+
+def _rule(raw: Any, where: str) -> Rule:
+    if not isinstance(raw, dict):
+        raise AuthzPolicyError(f"{where}: expected an object")
+    unknown = set(raw) - {"callers", "actions", "keys"}
+    if unknown:
+        raise AuthzPolicyError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    actions = _strings(raw.get("actions"), f"{where}.actions")
+    for action in actions:
+        if action != "*" and action not in ACTIONS:
+            raise AuthzPolicyError(f"{where}.actions: unknown action {action!r}")
+    return Rule(
+        callers=_strings(raw.get("callers"), f"{where}.callers"),
+        actions=actions,
+        keys=_strings(raw.get("keys"), f"{where}.keys"),
+    )
+
+
+ALLOW_ALL = AuthzPolicy((Rule(("*",), ("*",), ("*",)),))
+
+
+class Authorizer:
+    """Holds the current policy; reloads it when the file changes or on request."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.required = path is not None  # with a file, an unidentified caller is refused
+        self.policy = AuthzPolicy.load(path) if path is not None else ALLOW_ALL
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Re-read the file; keep the old rules (and say why) if it is bad."""
+        if self.path is None:
+            return False
+        self._stamp = self._stat()
+        try:
+            policy = AuthzPolicy.load(self.path)
+        except AuthzPolicyError as exc:
+            log.error("authorization policy not reloaded, keeping the previous rules: %s", exc)
+            return False
+        self.policy = policy
+        log.info("authorization policy reloaded", extra={"rules": len(policy.rules)})
+        return True
+
+    def reload_if_changed(self) -> bool:
+        return self._stat() != self._stamp and self.reload()
+
+    async def watch(self, interval: float) -> None:
+        """Poll the file for changes until cancelled (mounted ConfigMaps change by symlink swap)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()
