@@ -96,7 +96,7 @@ class RunningService:
         return f"127.0.0.1:{self.server.port}"
 
 
-def test_settings(kms_url: str, **overrides: Any) -> Settings:
+def service_settings(kms_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "kms_endpoint_url": kms_url,
@@ -119,7 +119,7 @@ def settings_overrides() -> dict[str, Any]:
 async def service(
     faults: KmsFaultInjector, settings_overrides: dict[str, Any]
 ) -> AsyncIterator[RunningService]:
-    server = Server(test_settings(faults.url, **settings_overrides))
+    server = Server(service_settings(faults.url, **settings_overrides))
     await server.startup()
     faults.clear()  # start-up's STS call is not part of any test
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")

@@ -35,7 +35,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-class TestCA:
+class CertAuthority:
     def __init__(self, name: str = "kms-policy-service test CA") -> None:
         self.key = _key()
         now = datetime.datetime.now(datetime.UTC)

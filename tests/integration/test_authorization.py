@@ -1,0 +1,241 @@
+"""Authorization through the real server: the caller x action x key matrix, XFCC trust,
+reload on change, and AIP-193 (no existence revealed to the unauthorized)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.support.kms_faults import KmsFaultInjector
+from tests.support.process import ServiceProcess
+from tests.support.status import details_of
+
+READER = "spiffe://cluster.local/ns/payments/sa/reader"
+WRITER = "spiffe://cluster.local/ns/payments/sa/writer"
+ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
+STRANGER = "spiffe://cluster.local/ns/other/sa/app"
+MISSING_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/00000000-0000-4000-8000-00000000dead"
+OK, DENIED, NOT_FOUND = (
+    grpc.StatusCode.OK,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+)
+
+
+@pytest.fixture(scope="module")
+def keys(kms: Any) -> dict[str, str]:
+    a = kms.create_key(Policy=policy_for())["KeyMetadata"]
+    b = kms.create_key(Policy=policy_for())["KeyMetadata"]
+    kms.create_alias(AliasName="alias/payments-a", TargetKeyId=a["KeyId"])
+    kms.create_alias(AliasName="alias/other-b", TargetKeyId=b["KeyId"])
+    return {"A": a["Arn"], "A_ID": a["KeyId"], "B": b["Arn"]}
+
+
+@pytest.fixture
+def authz_file(tmp_path: Path, keys: dict[str, str]) -> Path:
+    path = tmp_path / "authz.yaml"
+    path.write_text(
+        f"""
+rules:
+  - callers: ["{READER}"]
+    actions: ["GetKeyPolicy", "ListKeyPolicies", "ValidateKeyPolicy"]
+    keys: ["alias/payments-*"]
+  - callers: ["{WRITER}"]
+    actions: ["*"]
+    keys: ["{keys["A"]}"]
+  - callers: ["spiffe://cluster.local/ns/ops/*"]
+    actions: ["*"]
+    keys: ["*"]
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def settings_overrides(authz_file: Path) -> dict[str, Any]:
+    import ipaddress
+
+    return {
+        "authz_policy": str(authz_file),
+        "authz_reload_interval": 0.1,
+        "trusted_proxies": (ipaddress.ip_network("127.0.0.1/32"),),
+    }
+
+
+def as_caller(identity: str) -> tuple[tuple[str, str], ...]:
+    return (("x-forwarded-client-cert", f"Hash=0;URI={identity}"),)
+
+
+async def outcome(
+    service: RunningService, caller: str, action: str, key_id: str
+) -> grpc.StatusCode:
+    md = as_caller(caller) if caller else ()
+    try:
+        if action == "Get":
+            await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key_id), metadata=md)
+        elif action == "List":
+            await service.stub.ListKeyPolicies(
+                pb.ListKeyPoliciesRequest(key_id=key_id), metadata=md
+            )
+        else:
+            await service.stub.PutKeyPolicy(
+                pb.PutKeyPolicyRequest(key_id=key_id, policy=policy_for(), validate_only=True),
+                metadata=md,
+            )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == DENIED:
+            assert details_of(exc).reason == "CALLER_NOT_AUTHORIZED"
+            assert "keyArn" not in details_of(exc).error_info.metadata
+        return exc.code()
+    return OK
+
+
+MATRIX = [
+    # reader: by alias name only
+    (READER, "Get", "alias/payments-a", OK),
+    (READER, "List", "alias/payments-a", OK),
+    (READER, "Put", "alias/payments-a", DENIED),
+    (READER, "Get", "A", DENIED),  # the rule names aliases, not the ARN
+    (READER, "Get", "alias/other-b", DENIED),
+    (READER, "Get", "alias/payments-missing", NOT_FOUND),  # authorized by name: may learn it
+    # writer: by resolved key ARN
+    (WRITER, "Put", "alias/payments-a", OK),
+    (WRITER, "Get", "A", OK),
+    (WRITER, "Get", "A_ID", OK),
+    (WRITER, "Get", "alias/other-b", DENIED),
+    (WRITER, "Get", "B", DENIED),
+    (WRITER, "Get", "alias/payments-missing", DENIED),  # not revealed: no such key
+    (WRITER, "Get", MISSING_ARN, DENIED),
+    # admin: everything, including learning what does not exist
+    (ADMIN, "Put", "B", OK),
+    (ADMIN, "Get", MISSING_ARN, NOT_FOUND),
+    # nobody else
+    (STRANGER, "Get", "alias/payments-a", DENIED),
+    (STRANGER, "Get", MISSING_ARN, DENIED),
+    ("", "Get", "alias/payments-a", DENIED),  # the loopback caller "local" has no rule
+]
+
+
+@pytest.mark.parametrize(("caller", "action", "key_name", "expected"), MATRIX)
+async def test_authorization_matrix(
+    service: RunningService,
+    keys: dict[str, str],
+    caller: str,
+    action: str,
+    key_name: str,
+    expected: grpc.StatusCode,
+) -> None:
+    assert await outcome(service, caller, action, keys.get(key_name, key_name)) == expected
+
+
+async def test_a_caller_with_no_rule_for_the_action_costs_no_kms_call(
+    service: RunningService, faults: KmsFaultInjector, keys: dict[str, str]
+) -> None:
+    assert await outcome(service, STRANGER, "Get", "alias/payments-a") == DENIED
+    assert faults.kms_operations() == []
+
+
+async def test_xfcc_from_an_untrusted_peer_is_ignored(
+    faults: KmsFaultInjector, authz_file: Path, keys: dict[str, str]
+) -> None:
+    from kms_policy_service import Server
+    from tests.conftest import service_settings
+
+    server = Server(
+        service_settings(faults.url, authz_policy=str(authz_file))
+    )  # no trusted proxies
+    await server.startup()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.PolicyServiceStub(ch).GetKeyPolicy(
+                    pb.GetKeyPolicyRequest(key_id=keys["A"]), metadata=as_caller(ADMIN)
+                )
+        assert details_of(caught.value).reason == "CALLER_NOT_AUTHORIZED"
+        assert "'local'" in details_of(caught.value).message
+    finally:
+        await server.shutdown()
+
+
+async def test_the_policy_reloads_on_change_and_a_broken_file_keeps_the_old_rules(
+    service: RunningService, authz_file: Path, keys: dict[str, str]
+) -> None:
+    assert await outcome(service, STRANGER, "Get", keys["A"]) == DENIED
+    authz_file.write_text(
+        f"rules:\n  - callers: ['{STRANGER}']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
+    )
+    for _ in range(50):
+        if await outcome(service, STRANGER, "Get", keys["A"]) == OK:
+            break
+        await asyncio.sleep(0.05)
+    assert await outcome(service, STRANGER, "Get", keys["A"]) == OK
+    authz_file.write_text("rules: [this is not valid")
+    await asyncio.sleep(0.4)
+    assert await outcome(service, STRANGER, "Get", keys["A"]) == OK  # previous rules kept
+
+
+async def test_an_unidentified_caller_is_unauthenticated_where_identity_is_required(
+    faults: KmsFaultInjector, authz_file: Path, keys: dict[str, str]
+) -> None:
+    # A non-loopback listener (all interfaces, reached over loopback) has no `local` caller.
+    proc = ServiceProcess(
+        [
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--authz-policy",
+            str(authz_file),
+            "--kms-endpoint-url",
+            faults.url,
+            "--sts-endpoint-url",
+            faults.url,
+        ]
+    ).start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as ch:
+            from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.PolicyServiceStub(ch).GetKeyPolicy(
+                    pb.GetKeyPolicyRequest(key_id=keys["A"])
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        logs = proc.drain_logs()
+        assert any("INSECURE" in r.get("message", "") for r in logs)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ([], "needs --tls-cert"),
+        (
+            ["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"],
+            "needs --authz-policy",
+        ),
+    ],
+)
+def test_a_network_listener_refuses_to_start_without_tls_or_authorization(
+    extra: list[str], complaint: str
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kms_policy_service", "--listen", "0.0.0.0:0", *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": "service:clients:protos", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert complaint in result.stderr
