@@ -16,10 +16,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from kms_policy_service import metrics
 from kms_policy_service.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,9 @@ class AuditLog:
         path: str,
         *,
         omit_policies: bool = False,
-        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.omit_policies = omit_policies
-        self._on_failure = on_failure
         self._lock = asyncio.Lock()
         self._file: IO[str] | None = None
         self.error: str | None = None
@@ -122,8 +120,7 @@ class AuditLog:
             except OSError as exc:
                 self.error = exc.strerror or str(exc)
                 self._file = None
-                if self._on_failure is not None:
-                    self._on_failure()
+                metrics.audit_write_failures_total.inc()
                 log.error("audit record not written: %s", self.error, extra={"audit": entry})
                 if durable:
                     raise audit_unavailable(self.error) from exc

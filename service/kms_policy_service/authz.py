@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from kms_policy_service import metrics
+
 log = logging.getLogger(__name__)
 
 ACTIONS = ("GetKeyPolicy", "PutKeyPolicy", "ListKeyPolicies", "ValidateKeyPolicy")
@@ -137,8 +139,10 @@ class Authorizer:
         try:
             policy = AuthzPolicy.load(self.path)
         except AuthzPolicyError as exc:
+            metrics.authz_reloads_total.labels("error").inc()
             log.error("authorization policy not reloaded, keeping the previous rules: %s", exc)
             return False
+        metrics.authz_reloads_total.labels("ok").inc()
         self.policy = policy
         log.info("authorization policy reloaded", extra={"rules": len(policy.rules)})
         return True

@@ -234,6 +234,26 @@ OPTIONS: tuple[Option, ...] = (
         True,
     ),
     Option(
+        "--metrics-listen", "metrics_listen", "HOST:PORT serving Prometheus /metrics (default off)"
+    ),
+    Option(
+        "--health-listen",
+        "health_listen",
+        "HOST:PORT serving only grpc.health.v1, for kubelet probes on the pod IP (default off)",
+    ),
+    Option(
+        "--kms-canary-key",
+        "kms_canary_key",
+        "key to DescribeKey periodically; reported as health service "
+        "kmspolicy.v1.PolicyService/kms (default off)",
+    ),
+    Option(
+        "--kms-canary-interval",
+        "kms_canary_interval",
+        "seconds between canary checks (default 30)",
+        float,
+    ),
+    Option(
         "--read-cache-ttl",
         "read_cache_ttl",
         "seconds GetKeyPolicy results are cached; 0 disables (default 0)",

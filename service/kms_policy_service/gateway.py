@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from kms_policy_service import metrics
 from kms_policy_service.backend import KmsFailure
 from kms_policy_service.errors import (
     DeadlineExceeded,
@@ -70,9 +72,11 @@ class KmsGateway:
             budget = ctx.remaining() - self._retry.margin
             if budget <= 0:
                 raise _deadline(operation)
+            if attempt > 1:
+                metrics.kms_retries_total.labels(operation).inc()
             try:
                 async with asyncio.timeout(budget) as timer:
-                    return await self._attempt(fn, ctx)
+                    return await self._attempt(operation, fn, ctx)
             except TimeoutError as exc:
                 if timer.expired():
                     # Leaving the timeout cancelled the request: aiohttp drops the connection.
@@ -103,10 +107,13 @@ class KmsGateway:
                     key_arn=ctx.key_arn or None,
                 ) from failure
 
-    async def _attempt(self, fn: Callable[[], Awaitable[T]], ctx: RequestContext) -> T:
+    async def _attempt(
+        self, operation: str, fn: Callable[[], Awaitable[T]], ctx: RequestContext
+    ) -> T:
         """One KMS request, within the bound on calls in flight (load shedding past it)."""
         if self._slots.locked():
             if self.waiting >= self._max_waiters:
+                metrics.ratelimit_refusals_total.labels("concurrency").inc()
                 raise _overloaded()
             self.waiting += 1
             try:
@@ -115,11 +122,24 @@ class KmsGateway:
                 self.waiting -= 1
         else:
             await self._slots.acquire()
+        ctx.kms_attempts += 1
+        metrics.kms_requests_in_flight.inc()
+        started = time.monotonic()
+        outcome = "cancelled"
         try:
-            ctx.kms_attempts += 1
-            return await fn()
+            result = await fn()
+            outcome = "ok"
+            return result
+        except KmsFailure as failure:
+            outcome = kms_rule(failure.code, operation, failure.http_status).reason.lower()
+            raise
         finally:
             self._slots.release()
+            metrics.kms_requests_in_flight.dec()
+            metrics.kms_requests_total.labels(operation, outcome).inc()
+            metrics.kms_request_duration_seconds.labels(operation).observe(
+                time.monotonic() - started
+            )
 
 
 def _overloaded() -> ResourceExhausted:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import shlex
 import signal
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kms_policy_service import __version__, metrics
 from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
@@ -33,11 +36,12 @@ from kms_policy_service.locks import KeyLocks
 from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
 from kms_policy_service.ratelimit.redis_store import RedisStore
 from kms_policy_service.reads import PolicyReads
+from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.servicer import PolicyServicer
-from kms_policy_service.settings import Settings
+from kms_policy_service.settings import Settings, split_host_port
 from kms_policy_service.tls import server_credentials
-from kms_policy_service.validation import ServicePrincipal
+from kms_policy_service.validation import ServicePrincipal, parse_key_id
 from kmspolicy.v1 import policy_service_pb2, policy_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,9 @@ class Server:
         self._backend = backend
         self._stack = AsyncExitStack()
         self._server: grpc.aio.Server | None = None
+        self._probe_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        self.metrics_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._should_exit = asyncio.Event()
 
@@ -163,18 +170,19 @@ class Server:
         )
         locks = KeyLocks(settings.rate_limit_backend)
         self._stack.push_async_callback(locks.close)
+        servicer_resolver = KeyResolver(
+            backend,
+            gateway,
+            account=identity.account,
+            home_region=settings.region,
+            allowed_regions=settings.allowed_regions,
+            ttl=settings.key_cache_ttl,
+            max_entries=settings.key_cache_max_entries,
+        )
         servicer = PolicyServicer(
             backend=backend,
             gateway=gateway,
-            resolver=KeyResolver(
-                backend,
-                gateway,
-                account=identity.account,
-                home_region=settings.region,
-                allowed_regions=settings.allowed_regions,
-                ttl=settings.key_cache_ttl,
-                max_entries=settings.key_cache_max_entries,
-            ),
+            resolver=servicer_resolver,
             principal=principal,
             reads=PolicyReads(cache_ttl=settings.read_cache_ttl),
             identifier=Identifier(
@@ -188,7 +196,33 @@ class Server:
         )
 
         self._server, self.port = create_server(settings, servicer, self.health, credentials)
+        if settings.health_listen:
+            self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)
+            await self._probe_server.start()
+        if settings.metrics_listen:
+            host, port = split_host_port(settings.metrics_listen)
+            httpd = metrics.serve(host, port)
+            self.metrics_port = int(httpd.server_address[1])
+            self._stack.callback(httpd.server_close)
+            self._stack.push_async_callback(asyncio.to_thread, httpd.shutdown)
+        metrics.set_build_info(__version__)
         await self._server.start()
+        if settings.kms_canary_key:
+            ref = parse_key_id(settings.kms_canary_key, field="--kms-canary-key")
+            region = servicer_resolver.region_of(ref)
+            canary_ctx = functools.partial(_canary_context, settings.kms_canary_interval)
+            self._tasks.append(
+                asyncio.create_task(
+                    self.health.canary(
+                        lambda: gateway.call(
+                            "DescribeKey",
+                            lambda: backend.describe_key(ref.raw, region=region),
+                            ctx=canary_ctx(),
+                        ),
+                        settings.kms_canary_interval,
+                    )
+                )
+            )
         if self.authorizer.path is not None:
             self._tasks.append(
                 asyncio.create_task(self.authorizer.watch(settings.authz_reload_interval))
@@ -262,8 +296,21 @@ class Server:
         await self.health.shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
+        if self._probe_server is not None:
+            await self._probe_server.stop(0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
         log.info("stopped")
+
+
+def _canary_context(interval: float) -> RequestContext:
+    return RequestContext(
+        request_id="kms-canary",
+        method="KmsCanary",
+        caller="kms-canary",
+        peer="",
+        rate_key="kms-canary",
+        deadline=time.monotonic() + min(interval, 10.0),
+    )

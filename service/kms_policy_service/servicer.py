@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_status import rpc_status
 
+from kms_policy_service import metrics
 from kms_policy_service.audit import AuditLog, audit_unavailable, change_summary
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
@@ -64,6 +65,7 @@ access_log = logging.getLogger("kms_policy_service.access")
 
 Reply = TypeVar("Reply")
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_PAGE_SIZE = 1000  # botocore model, LimitType
 _ETAG = re.compile(r"[0-9a-f]{64}")
 _SEVERITY = {
@@ -386,6 +388,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         ctx = self._context(method, context, started)
         code = grpc.StatusCode.OK
         reason = ""
+        labels = ("unary", SERVICE_NAME, method)
+        metrics.grpc_server_started_total.labels(*labels).inc()
+        metrics.rpcs_in_flight.inc()
         try:
             await context.send_initial_metadata((("x-request-id", ctx.request_id),))
             return await handler(ctx)
@@ -401,6 +406,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             code, reason = internal.code, internal.reason
             await _abort(context, internal, ctx)
         finally:
+            elapsed = time.monotonic() - started
+            metrics.rpcs_in_flight.dec()
+            metrics.grpc_server_handled_total.labels(*labels, code.name).inc()
+            metrics.grpc_server_handling_seconds.labels(*labels).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s",
@@ -411,7 +420,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                             "method": method,
                             "code": code.name,
                             "reason": reason,
-                            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                            "duration_ms": round(elapsed * 1000, 3),
                             "caller": ctx.caller,
                             "peer": ctx.peer,
                             "key_arn": ctx.key_arn,

@@ -30,6 +30,7 @@ DEFAULT_MAX_QUEUE_WAIT_SECONDS = 2.0
 DEFAULT_MAX_CONCURRENCY = 64  # KMS calls in flight; matches the connection pool
 DEFAULT_MAX_WAITERS = 256  # calls queued for a token or a connection, beyond which we shed
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
+DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
 DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
 KMS_OPERATIONS = ("PutKeyPolicy", "GetKeyPolicy", "ListKeyPolicies", "DescribeKey")
 
@@ -85,6 +86,10 @@ class Settings:
     authz_reload_interval: float = DEFAULT_AUTHZ_RELOAD_SECONDS
     audit_log: str | None = None  # a path, or "-" for stdout
     audit_omit_policies: bool = False
+    metrics_listen: str | None = None  # HOST:PORT for /metrics; None: off
+    health_listen: str | None = None  # HOST:PORT serving only grpc.health.v1
+    kms_canary_key: str | None = None
+    kms_canary_interval: float = DEFAULT_CANARY_INTERVAL_SECONDS
 
     def __post_init__(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -135,8 +140,12 @@ class Settings:
                     f"--listen {self.listen} is not loopback: it needs --authz-policy "
                     "(or --insecure, which allows every caller everything)"
                 )
-        if self.authz_reload_interval <= 0:
-            raise SettingsError("authz_reload_interval must be positive")
+        if self.authz_reload_interval <= 0 or self.kms_canary_interval <= 0:
+            raise SettingsError("authz_reload_interval and kms_canary_interval must be positive")
+        for name in ("metrics_listen", "health_listen"):
+            address = getattr(self, name)
+            if address is not None:
+                split_host_port(address)
         if self.rate_limit_backend and not self.rate_limit_backend.startswith(
             ("redis://", "rediss://", "unix://")
         ):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kms_policy_service import metrics
 from kms_policy_service.errors import QuotaViolation, ResourceExhausted
 from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore, Rate
 
@@ -107,11 +108,14 @@ class RateLimiter:
         if not first.allowed:
             raise _refused(first)
         second = await self.shared.reserve(shared, max_wait)
+        metrics.ratelimit_backend_degraded.set(1 if self.shared.degraded else 0)
         if not second.allowed:
             self._local.refund(local)
             raise _refused(second)
         wait = max(first.wait, second.wait)
         if wait > 0:
+            metrics.ratelimit_waits_total.labels(operation).inc()
+            metrics.ratelimit_wait_seconds.labels(operation).observe(wait)
             self.waiters += 1
             try:
                 await asyncio.sleep(wait)
@@ -122,6 +126,7 @@ class RateLimiter:
 def _refused(decision: Decision) -> ResourceExhausted:
     assert decision.bucket is not None
     bucket = decision.bucket
+    metrics.ratelimit_refusals_total.labels(metrics.bucket_label(bucket.name)).inc()
     return ResourceExhausted(
         f"rate limit {bucket.name} ({bucket.rate}) reached; retry in {decision.retry_after:.3f}s",
         reason="RATE_LIMITED",
