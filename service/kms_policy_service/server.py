@@ -199,10 +199,18 @@ class Server:
         if settings.health_listen:
             self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)
             await self._probe_server.start()
+            log.info(
+                "health listener",
+                extra={"listen": settings.health_listen, "port": self.health_port},
+            )
         if settings.metrics_listen:
             host, port = split_host_port(settings.metrics_listen)
             httpd = metrics.serve(host, port)
             self.metrics_port = int(httpd.server_address[1])
+            log.info(
+                "metrics listener",
+                extra={"listen": settings.metrics_listen, "port": self.metrics_port},
+            )
             self._stack.callback(httpd.server_close)
             self._stack.push_async_callback(asyncio.to_thread, httpd.shutdown)
         metrics.set_build_info(__version__)

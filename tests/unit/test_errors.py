@@ -224,3 +224,29 @@ def test_docs_table_matches_the_error_table() -> None:
         for rule in rules
     }
     assert documented_rows() == expected
+
+
+def test_every_reason_and_finding_code_in_the_code_is_documented() -> None:
+    source = "\n".join(p.read_text() for p in (Path(__file__).parents[2] / "service").rglob("*.py"))
+    codes = set(re.findall(r'"((?:[A-Z0-9]+_)+[A-Z0-9]+)"', source))
+    codes |= {
+        "OVERLOADED",
+        "UNAUTHENTICATED",
+        "MISSING_PRINCIPAL",
+        "MISSING_ACTION",
+        "MISSING_RESOURCE",
+        "INVALID_RESOURCE",
+    }
+    not_codes = {
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_RAM",
+        "DEFAULT_KEY_WRITE_RATE",
+        "DEFAULT_OPERATION_RATES",
+        "KEY_MANAGER",
+        "FAILED_PRECONDITION",
+        "INVALID_ARGUMENT",
+    }
+    documented = DOCS.read_text()
+    missing = sorted(c for c in codes - not_codes if f"`{c}`" not in documented)
+    assert missing == []

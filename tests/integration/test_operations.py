@@ -1,0 +1,193 @@
+"""Operations: /metrics with bounded labels, JSON access logs with request ids, the
+health-only listener, the KMS canary, and a SIGTERM drain of 50 calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import urllib.request
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+from tests.conftest import RunningService, policy_for
+from tests.support.kms_faults import KmsFaultInjector, Rule
+from tests.support.process import ServiceProcess
+
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
+@pytest.fixture
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return {
+        "metrics_listen": "127.0.0.1:0",
+        "health_listen": "127.0.0.1:0",
+        **getattr(request, "param", {}),
+    }
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def health_status(port: int, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+    return int(reply.status)
+
+
+async def test_metrics_are_exposed_with_bounded_labels(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+    faults.add(Rule("GetKeyPolicy", "error", "ThrottlingException", times=1))
+    await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["KeyId"]))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id="bad id"))
+    text = await asyncio.to_thread(scrape, service.server.metrics_port)
+    for needle in (
+        'grpc_server_started_total{grpc_method="GetKeyPolicy",grpc_service="kmspolicy.v1.PolicyService",grpc_type="unary"}',
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="GetKeyPolicy"',
+        'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetKeyPolicy"',
+        "grpc_server_handling_seconds_bucket{",
+        'kms_requests_total{operation="GetKeyPolicy",outcome="ok"}',
+        'kms_requests_total{operation="GetKeyPolicy",outcome="kms_throttled"}',
+        'kms_request_duration_seconds_bucket{le="0.005",operation="DescribeKey"}',
+        'kms_retries_total{operation="GetKeyPolicy"}',
+        "kms_policy_ratelimit_backend_degraded 0.0",
+        "kms_policy_rpcs_in_flight",
+        "kms_policy_audit_write_failures_total",
+        'kms_policy_service_build_info{python="',
+    ):
+        assert needle in text, needle
+    assert key["Arn"] not in text and key["KeyId"] not in text  # no unbounded labels
+
+
+async def test_each_rpc_has_one_json_access_record(
+    service: RunningService, key: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from kms_policy_service.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="kms_policy_service.access")
+    await service.stub.GetKeyPolicy(
+        pb.GetKeyPolicyRequest(key_id=key["Arn"]), metadata=(("x-request-id", "trace-7"),)
+    )
+    records = [r for r in caplog.records if r.name == "kms_policy_service.access"]
+    assert len(records) == 1
+    entry = json.loads(JsonFormatter().format(records[0]))
+    assert entry["method"] == "GetKeyPolicy" and entry["code"] == "OK"
+    assert (
+        entry["request_id"] == "trace-7"
+        and entry["caller"] == "local"
+        and entry["key_arn"] == key["Arn"]
+    )
+    assert entry["kms_attempts"] == 2 and entry["duration_ms"] > 0  # DescribeKey + GetKeyPolicy
+    assert entry["level"] == "INFO" and entry["time"].endswith("Z")
+
+
+async def test_the_health_listener_serves_only_health(service: RunningService) -> None:
+    port = service.server.health_port
+    assert await health_status(port, "") == SERVING
+    assert await health_status(port, "kmspolicy.v1.PolicyService") == SERVING
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pb_grpc.PolicyServiceStub(ch).GetKeyPolicy(
+                pb.GetKeyPolicyRequest(key_id="alias/x"), timeout=2
+            )
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"kms_canary_key": "CANARY", "kms_canary_interval": 0.1}], indirect=True
+)
+async def test_the_kms_canary_reports_kms_reachability_without_touching_liveness(
+    faults: KmsFaultInjector, kms: Any, settings_overrides: dict[str, Any]
+) -> None:
+    from kms_policy_service import Server
+    from tests.conftest import service_settings
+
+    canary = kms.create_key(Policy=policy_for())["KeyMetadata"]["Arn"]
+    server = Server(
+        service_settings(faults.url, **{**settings_overrides, "kms_canary_key": canary})
+    )
+    await server.startup()
+    try:
+        name = "kmspolicy.v1.PolicyService/kms"
+        for _ in range(50):
+            if await health_status(server.health_port, name) == SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert await health_status(server.health_port, name) == SERVING
+        faults.add(Rule("DescribeKey", "error", "KMSInternalException", status=500))
+        for _ in range(100):
+            if await health_status(server.health_port, name) == NOT_SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert await health_status(server.health_port, name) == NOT_SERVING
+        assert await health_status(server.health_port, "") == SERVING  # liveness unaffected
+        assert await health_status(server.health_port, "kmspolicy.v1.PolicyService") == SERVING
+    finally:
+        await server.shutdown()
+
+
+async def test_sigterm_drains_fifty_calls_in_flight_and_refuses_new_ones(
+    faults: KmsFaultInjector, kms: Any
+) -> None:
+    keys = [kms.create_key(Policy=policy_for())["KeyMetadata"]["Arn"] for _ in range(50)]
+    proc = ServiceProcess(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--kms-endpoint-url",
+            faults.url,
+            "--sts-endpoint-url",
+            faults.url,
+            "--shutdown-grace",
+            "10",
+            "--kms-rate-limit",
+            "DescribeKey=1000:1000",
+        ]
+    ).start()
+    health_port = next(int(r["port"]) for r in proc.logs if r.get("message") == "health listener")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+            stub = pb_grpc.PolicyServiceStub(channel)
+            faults.add(Rule("GetKeyPolicy", "sleep", delay=1.5))
+            calls = [
+                asyncio.ensure_future(
+                    stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=k), timeout=15)
+                )
+                for k in keys
+            ]
+            while faults.operations().count("GetKeyPolicy") < 50:  # all 50 are held in KMS
+                await asyncio.sleep(0.02)
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            assert await health_status(health_port, "") == NOT_SERVING
+            assert await health_status(health_port, "kmspolicy.v1.PolicyService") == NOT_SERVING
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as fresh:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await pb_grpc.PolicyServiceStub(fresh).GetKeyPolicy(
+                        pb.GetKeyPolicyRequest(key_id=keys[0]), timeout=2
+                    )
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            replies = await asyncio.gather(*calls)
+            assert [r.key_arn for r in replies] == keys
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        proc.stop()
