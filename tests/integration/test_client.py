@@ -1,0 +1,176 @@
+"""The Python client against the real server: typed results, decoded errors, update_policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from kms_policy_client import (
+    EtagMismatchError,
+    InvalidRequestError,
+    LockoutError,
+    NotFoundError,
+    PermissionDeniedError,
+    PolicyClient,
+    PolicyClientSync,
+    RateLimitedError,
+    Severity,
+)
+from kms_policy_service.ratelimit import Rate
+from tests.conftest import ACCOUNT, RunningService, policy_for
+
+DECRYPT = {
+    "Sid": "AppDecrypt",
+    "Effect": "Allow",
+    "Principal": {"AWS": ACCOUNT},
+    "Action": "kms:Decrypt",
+    "Resource": "*",
+}
+
+
+@pytest.fixture
+def settings_overrides(request: pytest.FixtureRequest, tmp_path: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"key_write_rate_limit": None, **getattr(request, "param", {})}
+    if values.get("authz_policy") == "READ_ONLY":
+        authz = tmp_path / "authz.yaml"
+        authz.write_text(
+            "rules:\n  - callers: ['local']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
+        )
+        values["authz_policy"] = str(authz)
+    return values
+
+
+@pytest.fixture
+async def client(service: RunningService) -> Any:
+    async with PolicyClient(service.target) as c:
+        yield c
+
+
+async def test_get_put_list_and_validate_return_typed_results(
+    client: PolicyClient, key: dict[str, Any]
+) -> None:
+    policy = await client.get_policy(key["KeyId"])
+    assert (
+        policy.key_arn == key["Arn"] and policy.policy_name == "default" and len(policy.etag) == 64
+    )
+    document = policy.document
+    document["Statement"].append(DECRYPT)
+    written = await client.put_policy(
+        key["Arn"], document, etag=policy.etag
+    )  # a dict is serialized for us
+    assert written.etag != policy.etag
+    assert (await client.get_policy(key["Arn"])).etag == written.etag
+    assert await client.list_policies(key["Arn"]) == ["default"]
+    result = await client.validate_policy(
+        {"Version": "2012-10-17", "Statement": [{**DECRYPT, "Principal": "*"}]}
+    )
+    assert result.ok and [f.code for f in result.warnings] == ["PUBLIC_ACCESS"]
+    assert result.findings[0].severity is Severity.WARNING
+
+
+async def test_errors_are_decoded_into_the_hierarchy(
+    client: PolicyClient, key: dict[str, Any]
+) -> None:
+    with pytest.raises(NotFoundError) as nf:
+        await client.get_policy("alias/does-not-exist")
+    assert nf.value.reason == "KEY_NOT_FOUND" and nf.value.request_id
+    bad = {"Version": "2012-10-17", "Statement": [{**DECRYPT, "Principal": {"AWS": "nobody"}}]}
+    with pytest.raises(InvalidRequestError) as invalid:
+        await client.put_policy(key["Arn"], bad)
+    (violation,) = invalid.value.violations
+    assert (violation.field, violation.path, violation.reason) == (
+        "policy",
+        "Statement[0].Principal.AWS",
+        "INVALID_PRINCIPAL",
+    )
+    lockout = {"Version": "2012-10-17", "Statement": [DECRYPT]}
+    with pytest.raises(LockoutError) as locked:
+        await client.put_policy(key["Arn"], lockout)
+    assert isinstance(locked.value, InvalidRequestError) and locked.value.reason == "POLICY_LOCKOUT"
+    with pytest.raises(EtagMismatchError) as stale:
+        await client.put_policy(key["Arn"], policy_for(), etag="0" * 64)
+    assert stale.value.current_etag == (await client.get_policy(key["Arn"])).etag
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "kms_rate_limits": {"GetKeyPolicy": Rate(1, 1)},
+            "max_queue_wait": 0.0,
+            "key_write_rate_limit": None,
+        }
+    ],
+    indirect=True,
+)
+async def test_rate_limits_carry_retry_after(client: PolicyClient, kms: Any) -> None:
+    keys = [kms.create_key(Policy=policy_for())["KeyMetadata"]["Arn"] for _ in range(2)]
+    await client.get_policy(keys[0])
+    with pytest.raises(RateLimitedError) as limited:
+        await client.get_policy(keys[1])
+    assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 1.0
+
+
+async def test_update_policy_retries_on_a_concurrent_change(
+    client: PolicyClient, key: dict[str, Any]
+) -> None:
+    def add(sid: str) -> Any:
+        def fn(doc: dict[str, Any]) -> dict[str, Any]:
+            doc["Statement"].append({**DECRYPT, "Sid": sid})
+            return doc
+
+        return fn
+
+    results = await asyncio.gather(
+        *(client.update_policy(key["Arn"], add(f"S{i}")) for i in range(5))
+    )
+    assert len({r.etag for r in results}) == 5
+    sids = {s.get("Sid") for s in (await client.get_policy(key["Arn"])).document["Statement"]}
+    assert {f"S{i}" for i in range(5)} <= sids  # nobody's statement was lost
+
+
+async def test_update_policy_gives_up_after_its_attempts(
+    client: PolicyClient, key: dict[str, Any], kms: Any
+) -> None:
+    def meddle(doc: dict[str, Any]) -> dict[str, Any]:
+        # Someone outside changes the key between our read and our write, every time.
+        kms.put_key_policy(
+            KeyId=key["KeyId"],
+            PolicyName="default",
+            Policy=policy_for(extra=[{**DECRYPT, "Sid": f"X{len(doc['Statement'])}"}]),
+        )
+        return doc
+
+    with pytest.raises(EtagMismatchError):
+        await client.update_policy(key["Arn"], meddle, attempts=2)
+
+
+async def test_the_sync_twin_behaves_the_same(service: RunningService, key: dict[str, Any]) -> None:
+    def use_sync() -> None:
+        with PolicyClientSync(service.target) as sync:
+            policy = sync.get_policy(key["Arn"])
+            assert sync.list_policies(key["Arn"]) == ["default"]
+            sync.update_policy(key["Arn"], lambda d: {**d, "Statement": [*d["Statement"], DECRYPT]})
+            assert (
+                json.loads(sync.get_policy(key["Arn"]).policy)["Statement"][-1]["Sid"]
+                == "AppDecrypt"
+            )
+            assert (
+                sync.put_policy(key["Arn"], policy.policy, validate_only=True).etag == policy.etag
+            )
+            with pytest.raises(NotFoundError):
+                sync.get_policy("alias/does-not-exist")
+
+    await asyncio.to_thread(use_sync)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"authz_policy": "READ_ONLY"}], indirect=True)
+async def test_permission_denied_is_its_own_error(
+    client: PolicyClient, key: dict[str, Any]
+) -> None:
+    with pytest.raises(PermissionDeniedError) as denied:
+        await client.put_policy(key["Arn"], policy_for())
+    assert denied.value.reason == "CALLER_NOT_AUTHORIZED"
