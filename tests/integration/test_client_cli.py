@@ -58,6 +58,7 @@ async def test_get_prints_the_policy_and_writes_a_file(
         rc == 0 and json.loads(out)["key_arn"] == key["Arn"] and len(json.loads(out)["etag"]) == 64
     )
     rc, _, err = await kmspolicy(service, "get", key["Arn"], "-o", str(tmp_path / "p.json"))
+    assert "etag" in err
     assert rc == 0 and json.loads((tmp_path / "p.json").read_text()) == json.loads(policy_for())
 
 
