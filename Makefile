@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test setup system-deps protos lint typecheck bench clean
+.PHONY: run test setup system-deps protos stubs lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,18 @@ $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-# redis-server backs the shared rate limiter tests; it comes from Debian's packages.
+# redis-server backs the shared rate limiter tests and jq the grpcurl kit; both come
+# from Debian's packages.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server from Debian's packages"; \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -37,8 +43,13 @@ run: $(STAMP)
 test: setup system-deps
 	$(PY) -m pytest
 
+## Regenerate the committed Python stubs and the grpcurl protoset from protos/.
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+## Generate TypeScript, Go and Java stubs into protos/gen (Go/Java need buf.build access).
+stubs: setup
+	cd protos && ../node_modules/.bin/buf generate
 
 lint: setup
 	$(VENV)/bin/ruff check .
