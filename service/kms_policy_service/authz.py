@@ -19,7 +19,7 @@ import fnmatch
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from kms_policy_service import metrics
 
 log = logging.getLogger(__name__)
 
+MAX_CACHED_DECISIONS = 4096
 ACTIONS = ("GetKeyPolicy", "PutKeyPolicy", "ListKeyPolicies", "ValidateKeyPolicy")
 
 
@@ -54,6 +55,9 @@ class Rule:
 @dataclass(frozen=True)
 class AuthzPolicy:
     rules: tuple[Rule, ...]
+    _decisions: dict[tuple[str, str, tuple[str, ...] | None], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def parse(cls, text: str, *, source: str = "policy") -> AuthzPolicy:
@@ -78,11 +82,25 @@ class AuthzPolicy:
 
     def may_act(self, caller: str, action: str) -> bool:
         """Some rule lets `caller` do `action` on some key."""
-        return any(r.covers(caller, action) for r in self.rules)
+        return self._decide(caller, action, None)
 
     def allows(self, caller: str, action: str, key_names: Sequence[str]) -> bool:
         """Some rule lets `caller` do `action` on a key known by any of `key_names`."""
-        return any(r.covers(caller, action) and r.allows_key(key_names) for r in self.rules)
+        return self._decide(caller, action, tuple(key_names))
+
+    def _decide(self, caller: str, action: str, key_names: tuple[str, ...] | None) -> bool:
+        # Decisions are cached with the policy (a reload makes a new one), bounded in size.
+        slot = (caller, action, key_names)
+        decision = self._decisions.get(slot)
+        if decision is None:
+            decision = any(
+                r.covers(caller, action) and (key_names is None or r.allows_key(key_names))
+                for r in self.rules
+            )
+            if len(self._decisions) >= MAX_CACHED_DECISIONS:
+                self._decisions.clear()
+            self._decisions[slot] = decision
+        return decision
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -13,6 +14,7 @@ def etag_of_document(document: Any) -> str:
     return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=128)  # hot keys are read again and again; bounded memory
 def policy_etag(text: str) -> str:
     """The etag of a policy text: of its canonical JSON, or of the raw text if not JSON."""
     try:

@@ -73,7 +73,7 @@ class KmsGateway:
             if budget <= 0:
                 raise _deadline(operation)
             if attempt > 1:
-                metrics.kms_retries_total.labels(operation).inc()
+                metrics.child(metrics.kms_retries_total, operation).inc()
             try:
                 async with asyncio.timeout(budget) as timer:
                     return await self._attempt(operation, fn, ctx)
@@ -113,7 +113,7 @@ class KmsGateway:
         """One KMS request, within the bound on calls in flight (load shedding past it)."""
         if self._slots.locked():
             if self.waiting >= self._max_waiters:
-                metrics.ratelimit_refusals_total.labels("concurrency").inc()
+                metrics.child(metrics.ratelimit_refusals_total, "concurrency").inc()
                 raise _overloaded()
             self.waiting += 1
             try:
@@ -136,8 +136,8 @@ class KmsGateway:
         finally:
             self._slots.release()
             metrics.kms_requests_in_flight.dec()
-            metrics.kms_requests_total.labels(operation, outcome).inc()
-            metrics.kms_request_duration_seconds.labels(operation).observe(
+            metrics.child(metrics.kms_requests_total, operation, outcome).inc()
+            metrics.child(metrics.kms_request_duration_seconds, operation).observe(
                 time.monotonic() - started
             )
 

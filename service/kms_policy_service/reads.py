@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from kms_policy_service.errors import DeadlineExceeded
+
 
 class PolicyReads:
     def __init__(self, *, cache_ttl: float, max_entries: int = 10_000) -> None:
@@ -29,18 +31,36 @@ class PolicyReads:
             hit = self._cache.get(slot)
             if hit is not None and hit[0] > time.monotonic():
                 return hit[1]
-        shared = self._in_flight.get(slot)
-        if shared is None:
-            shared = asyncio.ensure_future(self._fetch(slot, fetch))
-            self._in_flight[slot] = shared
-        # shield: one caller giving up must not cancel the read the others wait on.
-        return await asyncio.shield(shared)
+        while True:
+            shared = self._in_flight.get(slot)
+            if shared is None:
+                return await self._lead(slot, fetch)
+            try:
+                # shield: a follower giving up must not cancel the leader's read.
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise  # this follower was cancelled
+                # the leader's caller gave up: read again, under our own deadline
+            except DeadlineExceeded:
+                pass  # the leader's deadline, not ours: read again under our own
 
-    async def _fetch(self, slot: tuple[str, str], fetch: Callable[[], Awaitable[str]]) -> str:
+    async def _lead(self, slot: tuple[str, str], fetch: Callable[[], Awaitable[str]]) -> str:
+        """Fetch in the caller's own task (no extra task); followers wait on a future."""
+        shared: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._in_flight[slot] = shared
         try:
             policy = await fetch()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # retrieved: no "never retrieved" warning without followers
+            raise
         finally:
             self._in_flight.pop(slot, None)
+        shared.set_result(policy)
         if self._ttl > 0:
             self._cache[slot] = (time.monotonic() + self._ttl, policy)
             self._cache.move_to_end(slot)

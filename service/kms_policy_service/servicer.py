@@ -389,7 +389,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         code = grpc.StatusCode.OK
         reason = ""
         labels = ("unary", SERVICE_NAME, method)
-        metrics.grpc_server_started_total.labels(*labels).inc()
+        metrics.child(metrics.grpc_server_started_total, *labels).inc()
         metrics.rpcs_in_flight.inc()
         try:
             await context.send_initial_metadata((("x-request-id", ctx.request_id),))
@@ -408,8 +408,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         finally:
             elapsed = time.monotonic() - started
             metrics.rpcs_in_flight.dec()
-            metrics.grpc_server_handled_total.labels(*labels, code.name).inc()
-            metrics.grpc_server_handling_seconds.labels(*labels).observe(elapsed)
+            metrics.child(metrics.grpc_server_handled_total, *labels, code.name).inc()
+            metrics.child(metrics.grpc_server_handling_seconds, *labels).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s",

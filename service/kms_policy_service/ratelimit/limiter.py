@@ -114,8 +114,8 @@ class RateLimiter:
             raise _refused(second)
         wait = max(first.wait, second.wait)
         if wait > 0:
-            metrics.ratelimit_waits_total.labels(operation).inc()
-            metrics.ratelimit_wait_seconds.labels(operation).observe(wait)
+            metrics.child(metrics.ratelimit_waits_total, operation).inc()
+            metrics.child(metrics.ratelimit_wait_seconds, operation).observe(wait)
             self.waiters += 1
             try:
                 await asyncio.sleep(wait)
@@ -126,7 +126,7 @@ class RateLimiter:
 def _refused(decision: Decision) -> ResourceExhausted:
     assert decision.bucket is not None
     bucket = decision.bucket
-    metrics.ratelimit_refusals_total.labels(metrics.bucket_label(bucket.name)).inc()
+    metrics.child(metrics.ratelimit_refusals_total, metrics.bucket_label(bucket.name)).inc()
     return ResourceExhausted(
         f"rate limit {bucket.name} ({bucket.rate}) reached; retry in {decision.retry_after:.3f}s",
         reason="RATE_LIMITED",

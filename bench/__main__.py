@@ -1,0 +1,323 @@
+"""The benchmark harness: every scenario, side by side, written to docs/benchmarks.{json,md}.
+
+    .venv/bin/python -m bench [--duration 4] [--repetitions 3] [--only NAME ...]
+
+Servers and load generators run as separate processes on this machine. Each
+measurement: warm-up, a fixed window, several repetitions; we report the median
+and the spread (min-max) of req/s and p50/p99 latency. Ratios are taken between
+runs made side by side in this one invocation, because absolute numbers drift on
+shared machines. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("service", "clients", "protos", ".")),
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@contextmanager
+def process(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """Start a helper that prints one JSON line when ready; stop it afterwards."""
+    proc = subprocess.Popen([PY, "-m", *args], env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{args} did not start")
+    try:
+        yield proc, json.loads(line)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def load(target: str, concurrency: int, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    cmd = [
+        PY,
+        "-m",
+        "bench.load",
+        "--concurrency",
+        str(concurrency),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
+        *extra,
+    ]
+    if target:
+        cmd += ["--target", target]
+    out = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def repeated(args: argparse.Namespace, fn: Any) -> dict[str, Any]:
+    runs = [fn() for _ in range(args.repetitions)]
+
+    def summary(key: str) -> dict[str, float] | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            return None
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    keys = ("rps", "p50_ms", "p99_ms", "client_cpu_ms_per_req", "server_cpu_ms_per_req")
+    return {
+        "concurrency": runs[0]["concurrency"],
+        "errors": sum(r["errors"] for r in runs),
+        **{k: summary(k) for k in keys},
+    }
+
+
+def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """1. PolicyService (every feature on, in-process zero-latency KMS) vs a bare echo server."""
+    results: dict[str, Any] = {}
+    for name, module in (
+        ("echo", ["bench.echo_server"]),
+        ("service", ["bench.policy_server", "--kms", "memory"]),
+    ):
+        with process(*module) as (proc, ready):
+            target = f"127.0.0.1:{ready['port']}"
+            results[name] = [
+                repeated(
+                    args, lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid))
+                )
+                for c in args.concurrency
+            ]
+    return results
+
+
+def scenario_full_path(args: argparse.Namespace) -> dict[str, Any]:
+    """2. Service -> aiobotocore -> fast fake KMS, vs an aiobotocore client calling it directly."""
+    results: dict[str, Any] = {}
+    with process("bench.fake_kms") as (kms_proc, kms):
+        url = f"http://127.0.0.1:{kms['port']}"
+        results["direct"] = [
+            repeated(
+                args,
+                lambda c=c: load(
+                    "", c, args, "--direct-kms", url, "--server-pid", str(kms_proc.pid)
+                ),
+            )
+            for c in args.concurrency
+        ]
+        with process("bench.policy_server", "--kms", url) as (proc, ready):
+            target = f"127.0.0.1:{ready['port']}"
+            results["service"] = [
+                repeated(
+                    args, lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid))
+                )
+                for c in args.concurrency
+            ]
+        results["direct_hot"] = repeated(
+            args, lambda: load("", 64, args, "--direct-kms", url, "--hot")
+        )
+        with process("bench.policy_server", "--kms", url, "--read-cache-ttl", "1") as (proc, ready):
+            target = f"127.0.0.1:{ready['port']}"
+            results["service_hot_cached"] = repeated(
+                args, lambda: load(target, 64, args, "--hot", "--server-pid", str(proc.pid))
+            )
+    return results
+
+
+def scenario_concurrency(args: argparse.Namespace) -> dict[str, Any]:
+    """3. 256 callers in flight against a fake KMS with 50 ms latency vs 64 against 0 ms."""
+    results: dict[str, Any] = {}
+    for name, latency, concurrency in (("kms_0ms_64", "0", 64), ("kms_50ms_256", "0.05", 256)):
+        with process("bench.fake_kms", "--latency", latency) as (_, kms):
+            url = f"http://127.0.0.1:{kms['port']}"
+            with process("bench.policy_server", "--kms", url, "--max-concurrency", "256") as (
+                proc,
+                ready,
+            ):
+                target = f"127.0.0.1:{ready['port']}"
+                results[name] = repeated(
+                    args,
+                    lambda t=target, c=concurrency, p=proc: load(
+                        t, c, args, "--server-pid", str(p.pid)
+                    ),
+                )
+    return results
+
+
+def scenario_limiter(args: argparse.Namespace) -> dict[str, Any]:
+    """4. Let-through rate under 10x overload and refusal latency (bench.limiter)."""
+    out = subprocess.run(
+        [PY, "-m", "bench.limiter", "--seconds", str(args.duration)],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out))
+
+
+def rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+async def _wait_serving(
+    port_holder: dict[str, int], proc: subprocess.Popen[str], deadline: float
+) -> float:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        port = port_holder.get("port")
+        if port:
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    reply = await health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.5
+                    )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - start
+            except grpc.aio.AioRpcError:
+                pass
+        await asyncio.sleep(0.005)
+    raise RuntimeError("not SERVING in time")
+
+
+def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
+    """5. Start-up to SERVING, RSS idle and at 256 in flight, for the sidecar configuration."""
+    from tests.support.redis_server import free_port  # a loopback port below 32768
+
+    results: dict[str, Any] = {"startup_s": [], "rss_idle_mb": [], "rss_256_mb": []}
+    with process("bench.fake_kms", "--latency", "0.05") as (_, kms):
+        url = f"http://127.0.0.1:{kms['port']}"
+        for _ in range(args.repetitions):
+            port = free_port()
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                [
+                    str(Path(PY).parent / "kms-policy-service"),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--kms-endpoint-url",
+                    url,
+                    "--sts-endpoint-url",
+                    url,
+                    "--log-level",
+                    "WARNING",
+                    "--max-concurrency",
+                    "256",
+                    "--kms-max-pool-connections",
+                    "256",
+                ],
+                env=ENV,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            try:
+                asyncio.run(_wait_serving({"port": port}, proc, time.monotonic() + 20))
+                results["startup_s"].append(time.monotonic() - started)
+                time.sleep(1.0)
+                results["rss_idle_mb"].append(rss_mb(proc.pid))
+                loader = subprocess.Popen(
+                    [
+                        PY,
+                        "-m",
+                        "bench.load",
+                        "--target",
+                        f"127.0.0.1:{port}",
+                        "--concurrency",
+                        "256",
+                        "--warmup",
+                        "1",
+                        "--duration",
+                        str(args.duration),
+                    ],
+                    env=ENV,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                )
+                peak = 0.0
+                while loader.poll() is None:
+                    peak = max(peak, rss_mb(proc.pid))
+                    time.sleep(0.05)
+                results["rss_256_mb"].append(peak)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    return {
+        k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        for k, v in results.items()
+    }
+
+
+SCENARIOS = {
+    "overhead": scenario_overhead,
+    "full_path": scenario_full_path,
+    "concurrency": scenario_concurrency,
+    "limiter": scenario_limiter,
+    "footprint": scenario_footprint,
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    import grpc
+
+    return {
+        "cpu": cpu.group(1) if cpu else platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.json"))
+    args = parser.parse_args()
+    report = {
+        "machine": machine(),
+        "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    }
+    for name in args.only:
+        print(f"running {name}...", file=sys.stderr, flush=True)
+        report[name] = SCENARIOS[name](args)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

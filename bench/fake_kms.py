@@ -1,0 +1,119 @@
+"""A fast fake KMS (and STS) HTTP endpoint speaking the real wire protocols.
+
+KMS: JSON 1.1 (`X-Amz-Target: TrentService.<Op>`); STS: the query protocol with an
+XML answer. Every key id is taken to exist. Optional fixed latency per request.
+moto saturates at ~450 calls/s here; this serves thousands, so benchmarks measure
+the caller, not the fake.
+
+    python -m bench.fake_kms --port 0 [--latency 0.05]   # prints {"port": N} when ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from aiohttp import web
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+POLICY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
+    },
+    indent=2,
+)
+STS_IDENTITY = f"""<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetCallerIdentityResult>
+    <Arn>arn:aws:sts::{ACCOUNT}:assumed-role/kms-policy-service/bench</Arn>
+    <UserId>AROAEXAMPLE:bench</UserId>
+    <Account>{ACCOUNT}</Account>
+  </GetCallerIdentityResult>
+  <ResponseMetadata><RequestId>00000000-0000-0000-0000-000000000000</RequestId></ResponseMetadata>
+</GetCallerIdentityResponse>"""
+JSON = "application/x-amz-json-1.1"
+
+
+def key_arn(key_id: str) -> str:
+    if key_id.startswith("arn:"):
+        return key_id
+    return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id.removeprefix('alias/')}"
+
+
+class FakeKms:
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.policies: dict[str, str] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        target = request.headers.get("X-Amz-Target", "")
+        if not target:
+            return web.Response(text=STS_IDENTITY, content_type="text/xml")
+        op = target.rsplit(".", 1)[-1]
+        body = json.loads(await request.read() or b"{}")
+        arn = key_arn(body.get("KeyId", ""))
+        if op == "DescribeKey":
+            answer = {
+                "KeyMetadata": {
+                    "Arn": arn,
+                    "KeyId": arn.rsplit("/", 1)[1],
+                    "KeyManager": "CUSTOMER",
+                    "KeyState": "Enabled",
+                    "AWSAccountId": ACCOUNT,
+                }
+            }
+        elif op == "GetKeyPolicy":
+            answer = {"Policy": self.policies.get(arn, POLICY), "PolicyName": "default"}
+        elif op == "PutKeyPolicy":
+            self.policies[arn] = body["Policy"]
+            answer = {}
+        elif op == "ListKeyPolicies":
+            answer = {"PolicyNames": ["default"], "Truncated": False}
+        else:
+            return web.Response(
+                status=400,
+                text=json.dumps({"__type": "UnsupportedOperationException", "message": op}),
+                content_type=JSON,
+            )
+        return web.Response(text=json.dumps(answer), content_type=JSON)
+
+
+async def serve(port: int, latency: float) -> None:
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", FakeKms(latency).handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.run(serve(args.port, args.latency))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The load generator: N workers in flight for a fixed window, after a warm-up.
+
+    python -m bench.load --target HOST:PORT --concurrency 64 [--direct-kms URL] [--hot]
+
+`--direct-kms URL` calls KMS GetKeyPolicy through one reused aiobotocore client
+instead (what a caller with IAM access would do). Prints one JSON object:
+requests, errors, req/s, p50/p99 latency (ms), and CPU seconds of this process and,
+with --server-pid, of the server over the measurement window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def key_ids(args: argparse.Namespace) -> list[str]:
+    if args.hot:
+        return ["alias/bench-0"]
+    return [f"alias/bench-{i}" for i in range(args.keys)]
+
+
+async def run(args: argparse.Namespace, call: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
+    keys = key_ids(args)
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop = False
+
+    async def worker(i: int) -> None:
+        nonlocal errors
+        n = i
+        while not stop:
+            key = keys[n % len(keys)]
+            n += args.concurrency
+            t0 = time.perf_counter()
+            try:
+                await call(key)
+            except Exception:
+                if measuring:
+                    errors += 1
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - t0)
+
+    tasks = [asyncio.ensure_future(worker(i)) for i in range(args.concurrency)]
+    await asyncio.sleep(args.warmup)
+    own0, srv0 = cpu_seconds(os.getpid()), cpu_seconds(args.server_pid) if args.server_pid else 0.0
+    measuring, start = True, time.perf_counter()
+    await asyncio.sleep(args.duration)
+    measuring = False
+    elapsed = time.perf_counter() - start
+    own1, srv1 = cpu_seconds(os.getpid()), cpu_seconds(args.server_pid) if args.server_pid else 0.0
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    count = len(latencies)
+    q = statistics.quantiles(latencies, n=100) if count > 1 else [0.0] * 99
+    return {
+        "concurrency": args.concurrency,
+        "requests": count,
+        "errors": errors,
+        "rps": count / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "client_cpu_ms_per_req": (own1 - own0) * 1000 / max(count, 1),
+        "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / max(count, 1) if args.server_pid else None,
+    }
+
+
+async def grpc_load(args: argparse.Namespace) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.PolicyServiceStub(channel)  # type: ignore[no-untyped-call]
+
+        async def call(key: str) -> Any:
+            return await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key), timeout=30)
+
+        return await run(args, call)
+
+
+async def direct_load(args: argparse.Namespace) -> dict[str, Any]:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    config = AioConfig(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=args.concurrency,
+        connect_timeout=2,
+        read_timeout=30,
+    )
+    session = get_session()
+    async with session.create_client(
+        "kms",
+        region_name="us-east-1",
+        endpoint_url=args.direct_kms,
+        config=config,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    ) as kms:
+
+        async def call(key: str) -> Any:
+            arn = f"arn:aws:kms:us-east-1:123456789012:key/{key.removeprefix('alias/')}"
+            return await kms.get_key_policy(KeyId=arn, PolicyName="default")
+
+        return await run(args, call)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", default="")
+    parser.add_argument("--direct-kms", default="")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--keys", type=int, default=256)
+    parser.add_argument("--hot", action="store_true", help="every call reads the same key")
+    parser.add_argument("--server-pid", type=int, default=0)
+    args = parser.parse_args()
+    import uvloop
+
+    result = uvloop.run(direct_load(args) if args.direct_kms else grpc_load(args))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
