@@ -47,6 +47,7 @@ class KmsGateway:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_waiters = max_waiters
         self.waiting = 0  # for a KMS connection slot
+        self.in_flight = 0  # read by the kms_requests_in_flight gauge at scrape time
 
     async def call(
         self,
@@ -123,7 +124,7 @@ class KmsGateway:
         else:
             await self._slots.acquire()
         ctx.kms_attempts += 1
-        metrics.kms_requests_in_flight.inc()
+        self.in_flight += 1
         started = time.monotonic()
         outcome = "cancelled"
         try:
@@ -135,7 +136,7 @@ class KmsGateway:
             raise
         finally:
             self._slots.release()
-            metrics.kms_requests_in_flight.dec()
+            self.in_flight -= 1
             metrics.child(metrics.kms_requests_total, operation, outcome).inc()
             metrics.child(metrics.kms_request_duration_seconds, operation).observe(
                 time.monotonic() - started

@@ -107,9 +107,12 @@ def xfcc_identity(header: str) -> str | None:
 
 
 class Identifier:
-    def __init__(self, *, loopback_listener: bool, trusted_proxies: Sequence[Network]) -> None:
+    def __init__(
+        self, *, loopback_listener: bool, trusted_proxies: Sequence[Network], tls: bool = True
+    ) -> None:
         self._loopback = loopback_listener
         self._trusted = tuple(trusted_proxies)
+        self._tls = tls
 
     def _trusted_peer(self, peer: str) -> bool:
         if not self._trusted:
@@ -128,10 +131,10 @@ class Identifier:
                 identity = xfcc_identity(header)
                 if identity:
                     return Caller(identity, peer, "xfcc")
-        auth = context.auth_context() or {}
-        identity = certificate_identity(auth)
-        if identity:
-            return Caller(identity, peer, "mtls")
+        if self._tls:  # without TLS there is no certificate to read
+            identity = certificate_identity(context.auth_context() or {})
+            if identity:
+                return Caller(identity, peer, "mtls")
         if self._loopback:
             return Caller(LOCAL, peer, "local")
         return Caller(None, peer, "none")

@@ -1,7 +1,10 @@
-"""Logging setup: one JSON object per line (or text for a terminal); credentials never logged.
+"""Logging: one JSON object per line (or text for a terminal), written off the event loop.
 
-Records are handed to a background thread (QueueHandler -> QueueListener) that
-formats and writes them, so the event loop never waits on a log write.
+Log records and access records go onto one queue; a background thread formats
+and writes them, so a request never waits on a log write. Access records (one
+per RPC) skip the logging module's per-record machinery: they are plain dicts
+under the logger name `kms_policy_service.access`, enabled at INFO.
+Credentials are never logged.
 """
 
 from __future__ import annotations
@@ -9,21 +12,27 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import IO, Any
 
+ACCESS_LOGGER = "kms_policy_service.access"
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_listener: logging.handlers.QueueListener | None = None
+
+
+def _timestamp(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -36,59 +45,117 @@ class JsonFormatter(logging.Formatter):
                     entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
-class _Handoff(logging.handlers.QueueHandler):
-    """Keeps the record as it is (the listener formats it), only resolving its message."""
+class _Writer(threading.Thread):
+    """Formats and writes queued log records and access dicts, in order."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info:  # tracebacks cannot cross threads lazily: render them now
+    def __init__(self, stream: IO[str], fmt: str) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.queue: queue.SimpleQueue[tuple[float, logging.LogRecord | dict[str, Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stream = stream
+        self._json = fmt == "json"
+        self._formatter: logging.Formatter = (
+            JsonFormatter()
+            if self._json
+            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+
+    def _line(self, created: float, item: logging.LogRecord | dict[str, Any]) -> str:
+        if isinstance(item, logging.LogRecord):
+            return self._formatter.format(item)
+        if self._json:
+            return json.dumps(
+                {"time": _timestamp(created), "level": "INFO", "logger": ACCESS_LOGGER, **item},
+                default=str,
+            )
+        return (
+            f"{_timestamp(created)} access {item['method']} {item['code']} "
+            f"{item['duration_ms']}ms caller={item['caller']} key={item['key_arn']} "
+            f"request_id={item['request_id']}"
+        )
+
+    def run(self) -> None:
+        while True:
+            first = self.queue.get()
+            batch = [first]
+            while not self.queue.empty():  # write what has piled up in one go
+                batch.append(self.queue.get_nowait())
+            lines = [self._line(*item) for item in batch if item is not None]
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # nowhere to complain to
+            if None in batch:
+                return
+
+
+class _Handoff(logging.Handler):
+    """Puts records on the writer's queue, resolving what cannot cross threads lazily."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         record.msg = record.getMessage()
         record.args = None
-        return record
+        self._writer.queue.put((record.created, record))
 
 
-class _ExceptionText(JsonFormatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.exc_text:
-            entry = json.loads(text)
-            entry["exception"] = record.exc_text
-            text = json.dumps(entry, default=str)
-        return text
+_writer: _Writer | None = None
+_access_enabled = False
 
 
 def configure(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """Route every log record through a background writer to `stream` (stderr)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_ExceptionText())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler)
-    _listener.start()
+    """Route every log record (and access record) through the background writer."""
+    global _writer, _access_enabled
+    flush()
+    _writer = _Writer(stream or sys.stderr, fmt)
+    _writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [_Handoff(records)]
+    root.handlers[:] = [_Handoff(_writer)]
     root.setLevel(level.upper())
+    _access_enabled = logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
     # Third-party chatter (and botocore's debug logs, which can include request
     # headers) stays at WARNING whatever our level is.
     for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "moto", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def access_enabled() -> bool:
+    return _access_enabled or (
+        _writer is None and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+    )
+
+
+def access(entry: dict[str, Any]) -> None:
+    """One access record. Without configure() (tests, embedding) it goes through logging."""
+    if _writer is not None:
+        _writer.queue.put((time.time(), entry))
+    else:
+        logging.getLogger(ACCESS_LOGGER).info(
+            "%s %s", entry["method"], entry["code"], extra={"access": entry}
+        )
+
+
 def flush() -> None:
-    """Write out everything queued (at exit, and before a clean stop)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    """Write out everything queued and stop the writer (at exit)."""
+    global _writer
+    if _writer is not None:
+        _writer.queue.put(None)
+        _writer.join(5)
+        _writer = None
 
 
 atexit.register(flush)

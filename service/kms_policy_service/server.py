@@ -188,6 +188,7 @@ class Server:
             identifier=Identifier(
                 loopback_listener=settings.listen_is_loopback,
                 trusted_proxies=settings.trusted_proxies,
+                tls=settings.tls,
             ),
             authorizer=self.authorizer,
             audit=audit,
@@ -195,6 +196,11 @@ class Server:
             default_deadline=settings.default_deadline,
         )
 
+        # Gauges read at scrape time: nothing on the request path.
+        metrics.rpcs_in_flight.set_function(lambda: servicer.in_flight)
+        metrics.kms_requests_in_flight.set_function(lambda: gateway.in_flight)
+        shared = self.limiter.shared
+        metrics.ratelimit_backend_degraded.set_function(lambda: 1 if shared.degraded else 0)
         self._server, self.port = create_server(settings, servicer, self.health, credentials)
         if settings.health_listen:
             self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)

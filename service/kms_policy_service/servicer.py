@@ -7,16 +7,16 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 
-from kms_policy_service import metrics
+from kms_policy_service import logs, metrics
 from kms_policy_service.audit import AuditLog, audit_unavailable, change_summary
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
@@ -61,7 +61,6 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("kms_policy_service.access")
 
 Reply = TypeVar("Reply")
 
@@ -99,6 +98,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._audit = audit
         self._locks = locks
         self._default_deadline = default_deadline
+        self.in_flight = 0  # read by the kms_policy_rpcs_in_flight gauge at scrape time
 
     # -- RPCs ---------------------------------------------------------------
 
@@ -390,7 +390,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         reason = ""
         labels = ("unary", SERVICE_NAME, method)
         metrics.child(metrics.grpc_server_started_total, *labels).inc()
-        metrics.rpcs_in_flight.inc()
+        self.in_flight += 1
         try:
             await context.send_initial_metadata((("x-request-id", ctx.request_id),))
             return await handler(ctx)
@@ -407,27 +407,22 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             await _abort(context, internal, ctx)
         finally:
             elapsed = time.monotonic() - started
-            metrics.rpcs_in_flight.dec()
+            self.in_flight -= 1
             metrics.child(metrics.grpc_server_handled_total, *labels, code.name).inc()
             metrics.child(metrics.grpc_server_handling_seconds, *labels).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s",
-                    method,
-                    code.name,
-                    extra={
-                        "access": {
-                            "method": method,
-                            "code": code.name,
-                            "reason": reason,
-                            "duration_ms": round(elapsed * 1000, 3),
-                            "caller": ctx.caller,
-                            "peer": ctx.peer,
-                            "key_arn": ctx.key_arn,
-                            "request_id": ctx.request_id,
-                            "kms_attempts": ctx.kms_attempts,
-                        }
-                    },
+            if logs.access_enabled():
+                logs.access(
+                    {
+                        "method": method,
+                        "code": code.name,
+                        "reason": reason,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "caller": ctx.caller,
+                        "peer": ctx.peer,
+                        "key_arn": ctx.key_arn,
+                        "request_id": ctx.request_id,
+                        "kms_attempts": ctx.kms_attempts,
+                    }
                 )
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
@@ -444,7 +439,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             remaining = self._default_deadline
         caller = self._identifier.identify(context)
         return RequestContext(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or os.urandom(16).hex(),
             method=method,
             caller=caller.identity or "",
             peer=caller.peer,

@@ -108,7 +108,6 @@ class RateLimiter:
         if not first.allowed:
             raise _refused(first)
         second = await self.shared.reserve(shared, max_wait)
-        metrics.ratelimit_backend_degraded.set(1 if self.shared.degraded else 0)
         if not second.allowed:
             self._local.refund(local)
             raise _refused(second)
