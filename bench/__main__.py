@@ -27,6 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.report import JSON_PATH
+from bench.report import main as render_markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = {
@@ -316,6 +319,8 @@ def main() -> None:
         print(f"running {name}...", file=sys.stderr, flush=True)
         report[name] = SCENARIOS[name](args)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if Path(args.out).resolve() == JSON_PATH.resolve() and set(args.only) == set(SCENARIOS):
+        render_markdown()  # docs/benchmarks.md follows the JSON of a complete run
     print(json.dumps(report, indent=2))
 
 

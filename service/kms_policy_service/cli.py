@@ -180,6 +180,12 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "--max-concurrent-rpcs",
+        "max_concurrent_rpcs",
+        "RPCs handled at once; beyond, gRPC answers RESOURCE_EXHAUSTED (default 1024)",
+        int,
+    ),
+    Option(
         "--rate-limit-backend",
         "rate_limit_backend",
         "redis://HOST:PORT/DB: share operation and key buckets across replicas (default in memory)",

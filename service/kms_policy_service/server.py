@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 POLICY_SERVICE = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 INSECURE_WARNING_INTERVAL_SECONDS = 3600.0
+KEEPALIVE_MIN_PING_MS = 30_000
 
 
 def create_server(
@@ -64,7 +65,15 @@ def create_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+            # Accept the clients' keepalive pings on idle long-lived (sidecar) channels
+            # (our client pings every 60 s; the gRPC default would answer GOAWAY).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
+            ("grpc.http2.max_ping_strikes", 0),
+        ],
+        # Past this many RPCs at once gRPC itself answers RESOURCE_EXHAUSTED: memory
+        # stays bounded however hard the service is pushed.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

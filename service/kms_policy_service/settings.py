@@ -29,6 +29,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_QUEUE_WAIT_SECONDS = 2.0
 DEFAULT_MAX_CONCURRENCY = 64  # KMS calls in flight; matches the connection pool
 DEFAULT_MAX_WAITERS = 256  # calls queued for a token or a connection, beyond which we shed
+DEFAULT_MAX_CONCURRENT_RPCS = 1024  # RPCs gRPC accepts at once before answering RESOURCE_EXHAUSTED
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
 DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
 DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
@@ -74,6 +75,7 @@ class Settings:
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT_SECONDS
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_waiters: int = DEFAULT_MAX_WAITERS
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     rate_limit_backend: str | None = None  # redis://HOST:PORT/DB; None: in memory
     rate_limit_fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
     read_cache_ttl: float = 0.0  # seconds; 0: off
@@ -121,8 +123,10 @@ class Settings:
             )
         if self.max_queue_wait < 0 or self.read_cache_ttl < 0:
             raise SettingsError("max_queue_wait and read_cache_ttl must not be negative")
-        if self.max_concurrency < 1 or self.max_waiters < 0:
-            raise SettingsError("max_concurrency must be >= 1 and max_waiters >= 0")
+        if self.max_concurrency < 1 or self.max_waiters < 0 or self.max_concurrent_rpcs < 1:
+            raise SettingsError(
+                "max_concurrency and max_concurrent_rpcs must be >= 1, max_waiters >= 0"
+            )
         if not 0 < self.rate_limit_fallback_fraction <= 1:
             raise SettingsError("rate_limit_fallback_fraction must be in (0, 1]")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -171,3 +171,20 @@ async def test_the_read_cache_serves_repeated_gets_and_a_put_invalidates_it(
     put = await service.stub.PutKeyPolicy(pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=new))
     after = await service.stub.GetKeyPolicy(get(key))
     assert after.etag == put.etag != first.etag
+
+
+async def test_a_cancelled_call_abandons_its_kms_request(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    await service.stub.GetKeyPolicy(get(key))
+    faults.add(Rule("GetKeyPolicy", "sleep", delay=5.0))
+    call = service.stub.GetKeyPolicy(get(key), timeout=10)
+    while "GetKeyPolicy" not in [s.operation for s in faults.seen if s.injected]:
+        await asyncio.sleep(0.01)
+    call.cancel()
+    for _ in range(100):
+        slow = [s for s in faults.seen if s.injected == "sleep"]
+        if slow and slow[0].abandoned:
+            break
+        await asyncio.sleep(0.02)
+    assert slow and slow[0].abandoned

@@ -1,0 +1,140 @@
+"""Render docs/benchmarks.json as the tables in docs/benchmarks.md (between markers).
+
+    .venv/bin/python -m bench.report   # also run at the end of `python -m bench`
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+JSON_PATH = ROOT / "docs" / "benchmarks.json"
+MD_PATH = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _m(stat: dict[str, float] | None, digits: int = 0) -> str:
+    if not stat:
+        return "-"
+    fmt = f"{{:.{digits}f}}"
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}–{fmt.format(stat['max'])})"
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {r['concurrency']} | {_m(r['rps'])} | {_m(r['p50_ms'], 2)} | {_m(r['p99_ms'], 2)} "
+        f"| {_m(r.get('server_cpu_ms_per_req'), 3)} | {_m(r.get('client_cpu_ms_per_req'), 3)} | {r['errors']} |"
+    )
+
+
+HEADER = (
+    "| run | in flight | req/s | p50 ms | p99 ms | server CPU ms/req | client CPU ms/req | errors |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def _verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def render(data: dict[str, Any]) -> str:
+    out = [
+        f"Measured {data['when']} on {data['machine']['cores']} cores ({data['machine']['cpu']}), "
+        f"Python {data['machine']['python']}, grpcio {data['machine']['grpcio']}, "
+        f"kernel {data['machine']['kernel']}.",
+        "",
+        f"Command: `{data['command']}`. Medians over {data['settings']['repetitions']} repetitions "
+        f"of {data['settings']['duration']} s after {data['settings']['warmup']} s of warm-up; "
+        "(min–max) in brackets.",
+        "",
+    ]
+    targets: list[str] = []
+    if "overhead" in data:
+        o = data["overhead"]
+        out += ["### 1. Overhead vs the bare-gRPC limit", "", HEADER]
+        out += [_row("bare echo", r) for r in o["echo"]]
+        out += [_row("PolicyService (in-process KMS)", r) for r in o["service"]]
+        echo64 = next(r for r in o["echo"] if r["concurrency"] == 64)
+        svc64 = next(r for r in o["service"] if r["concurrency"] == 64)
+        echo1 = next(r for r in o["echo"] if r["concurrency"] == 1)
+        svc1 = next(r for r in o["service"] if r["concurrency"] == 1)
+        ratio = svc64["rps"]["median"] / echo64["rps"]["median"]
+        added = svc1["p50_ms"]["median"] - echo1["p50_ms"]["median"]
+        targets += [
+            f"| 1 | throughput at 64 in flight vs bare echo | ≥ 0.8× | {ratio:.2f}× | {_verdict(ratio, 0.8)} |",
+            f"| 1 | added p50 at 1 in flight | ≤ 0.3 ms | {added:.2f} ms | {_verdict(added, 0.3, higher_is_better=False)} |",
+        ]
+        out.append("")
+    if "full_path" in data:
+        f = data["full_path"]
+        out += ["### 2. Full path (aiobotocore → fast fake KMS) vs calling KMS directly", "", HEADER]
+        out += [_row("direct aiobotocore client", r) for r in f["direct"]]
+        out += [_row("PolicyService → aiobotocore", r) for r in f["service"]]
+        out += [_row("direct, hot key", f["direct_hot"]), _row("PolicyService, hot key, single-flight + 1 s read cache", f["service_hot_cached"])]
+        d64 = next(r for r in f["direct"] if r["concurrency"] == 64)
+        s64 = next(r for r in f["service"] if r["concurrency"] == 64)
+        d1 = next(r for r in f["direct"] if r["concurrency"] == 1)
+        s1 = next(r for r in f["service"] if r["concurrency"] == 1)
+        ratio = s64["rps"]["median"] / d64["rps"]["median"]
+        added = s1["p50_ms"]["median"] - d1["p50_ms"]["median"]
+        hot = f["service_hot_cached"]["rps"]["median"] / f["direct_hot"]["rps"]["median"]
+        targets += [
+            f"| 2 | throughput at 64 vs direct client | ≥ 0.7× | {ratio:.2f}× | {_verdict(ratio, 0.7)} |",
+            f"| 2 | added p50 at 1 in flight | ≤ +1 ms | {added:+.2f} ms | {_verdict(added, 1.0, higher_is_better=False)} |",
+            f"| 2 | hot key with single-flight + cache vs direct | ≥ 3× | {hot:.1f}× | {_verdict(hot, 3.0)} |",
+        ]
+        out.append("")
+    if "concurrency" in data:
+        c = data["concurrency"]
+        out += ["### 3. Concurrency: waiting on KMS costs only latency", "", HEADER]
+        out += [_row("KMS 0 ms, 64 in flight", c["kms_0ms_64"]), _row("KMS 50 ms, 256 in flight", c["kms_50ms_256"])]
+        ratio = c["kms_50ms_256"]["rps"]["median"] / c["kms_0ms_64"]["rps"]["median"]
+        targets.append(f"| 3 | 256 in flight at 50 ms vs 64 at 0 ms | ≥ 0.9× | {ratio:.2f}× | {_verdict(ratio, 0.9)} |")
+        out.append("")
+    if "limiter" in data:
+        out += [
+            "### 4. Limiter under 10× overload",
+            "",
+            "| backend | configured/s | burst | offered/s | let through/s | accuracy | refusal p50 ms | refusal p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in data["limiter"].items():
+            out.append(
+                f"| {name} | {r['configured_per_s']:g} | {r['burst']} | {r['offered_per_s']:g} | {r['let_through_per_s']:.1f} "
+                f"| {r['accuracy']:.3f} | {r['refusal_p50_ms']:.3f} | {r['refusal_p99_ms']:.3f} |"
+            )
+        out.append("")
+    if "footprint" in data:
+        fp = data["footprint"]
+        out += [
+            "### 5. Footprint (sidecar configuration)",
+            "",
+            "| measure | median (min–max) |",
+            "|---|---|",
+            f"| start to health SERVING | {_m(fp['startup_s'], 2)} s |",
+            f"| RSS idle | {_m(fp['rss_idle_mb'], 1)} MB |",
+            f"| RSS at 256 in flight | {_m(fp['rss_256_mb'], 1)} MB |",
+            "",
+        ]
+        targets += [
+            f"| 5 | start to SERVING | ≤ 0.5 s | {fp['startup_s']['median']:.2f} s | {_verdict(fp['startup_s']['median'], 0.5, higher_is_better=False)} |",
+            f"| 5 | RSS idle | ≤ 64 MB | {fp['rss_idle_mb']['median']:.1f} MB | {_verdict(fp['rss_idle_mb']['median'], 64, higher_is_better=False)} |",
+            f"| 5 | RSS at 256 in flight | ≤ 80 MB | {fp['rss_256_mb']['median']:.1f} MB | {_verdict(fp['rss_256_mb']['median'], 80, higher_is_better=False)} |",
+        ]
+    out += ["### Targets", "", "| scenario | target | wanted | measured | |", "|---|---|---|---|---|", *targets]
+    return "\n".join(out)
+
+
+def main() -> None:
+    data = json.loads(JSON_PATH.read_text())
+    text = MD_PATH.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    MD_PATH.write_text(f"{head}{START}\n{render(data)}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
