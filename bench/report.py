@@ -1,6 +1,6 @@
 """Render docs/benchmarks.json as the tables in docs/benchmarks.md (between markers).
 
-    .venv/bin/python -m bench.report   # also run at the end of `python -m bench`
+.venv/bin/python -m bench.report   # also run at the end of `python -m bench`
 """
 
 from __future__ import annotations
@@ -70,10 +70,17 @@ def render(data: dict[str, Any]) -> str:
         out.append("")
     if "full_path" in data:
         f = data["full_path"]
-        out += ["### 2. Full path (aiobotocore → fast fake KMS) vs calling KMS directly", "", HEADER]
+        out += [
+            "### 2. Full path (aiobotocore → fast fake KMS) vs calling KMS directly",
+            "",
+            HEADER,
+        ]
         out += [_row("direct aiobotocore client", r) for r in f["direct"]]
         out += [_row("PolicyService → aiobotocore", r) for r in f["service"]]
-        out += [_row("direct, hot key", f["direct_hot"]), _row("PolicyService, hot key, single-flight + 1 s read cache", f["service_hot_cached"])]
+        out += [
+            _row("direct, hot key", f["direct_hot"]),
+            _row("PolicyService, hot key, single-flight + 1 s read cache", f["service_hot_cached"]),
+        ]
         d64 = next(r for r in f["direct"] if r["concurrency"] == 64)
         s64 = next(r for r in f["service"] if r["concurrency"] == 64)
         d1 = next(r for r in f["direct"] if r["concurrency"] == 1)
@@ -90,9 +97,14 @@ def render(data: dict[str, Any]) -> str:
     if "concurrency" in data:
         c = data["concurrency"]
         out += ["### 3. Concurrency: waiting on KMS costs only latency", "", HEADER]
-        out += [_row("KMS 0 ms, 64 in flight", c["kms_0ms_64"]), _row("KMS 50 ms, 256 in flight", c["kms_50ms_256"])]
+        out += [
+            _row("KMS 0 ms, 64 in flight", c["kms_0ms_64"]),
+            _row("KMS 50 ms, 256 in flight", c["kms_50ms_256"]),
+        ]
         ratio = c["kms_50ms_256"]["rps"]["median"] / c["kms_0ms_64"]["rps"]["median"]
-        targets.append(f"| 3 | 256 in flight at 50 ms vs 64 at 0 ms | ≥ 0.9× | {ratio:.2f}× | {_verdict(ratio, 0.9)} |")
+        targets.append(
+            f"| 3 | 256 in flight at 50 ms vs 64 at 0 ms | ≥ 0.9× | {ratio:.2f}× | {_verdict(ratio, 0.9)} |"
+        )
         out.append("")
     if "limiter" in data:
         out += [
@@ -124,7 +136,13 @@ def render(data: dict[str, Any]) -> str:
             f"| 5 | RSS idle | ≤ 64 MB | {fp['rss_idle_mb']['median']:.1f} MB | {_verdict(fp['rss_idle_mb']['median'], 64, higher_is_better=False)} |",
             f"| 5 | RSS at 256 in flight | ≤ 80 MB | {fp['rss_256_mb']['median']:.1f} MB | {_verdict(fp['rss_256_mb']['median'], 80, higher_is_better=False)} |",
         ]
-    out += ["### Targets", "", "| scenario | target | wanted | measured | |", "|---|---|---|---|---|", *targets]
+    out += [
+        "### Targets",
+        "",
+        "| scenario | target | wanted | measured | |",
+        "|---|---|---|---|---|",
+        *targets,
+    ]
     return "\n".join(out)
 
 

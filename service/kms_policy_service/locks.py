@@ -18,9 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "{kmspolicy}:lock:"
@@ -36,6 +33,8 @@ class KeyLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._redis: Any = None
         if redis_url:
+            import redis.asyncio as aioredis  # only with a Redis backend: it costs memory
+
             self._redis = aioredis.from_url(
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
@@ -79,7 +78,7 @@ class KeyLocks:
                 if await self._redis.set(LOCK_PREFIX + key, token, nx=True, px=lease_ms):
                     self._warned = False
                     return token
-            except (RedisError, OSError) as exc:
+            except (_redis_error(), OSError) as exc:
                 if not self._warned:
                     log.warning(
                         "shared key lock unavailable (%s): serializing writes in this replica only",
@@ -92,7 +91,7 @@ class KeyLocks:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _release_shared(self, key: str, token: str) -> None:
-        with contextlib.suppress(RedisError, OSError):  # else the lease expires on its own
+        with contextlib.suppress(_redis_error(), OSError):  # else the lease expires on its own
             await self._release(keys=[LOCK_PREFIX + key], args=[token])
 
     def __len__(self) -> int:
@@ -101,3 +100,9 @@ class KeyLocks:
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
+
+
+def _redis_error() -> type[Exception]:
+    from redis.exceptions import RedisError
+
+    return RedisError

@@ -11,8 +11,10 @@ shutdown: health NOT_SERVING -> server.stop(grace) -> background tasks -> close 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import functools
+import gc
 import logging
 import shlex
 import signal
@@ -34,7 +36,6 @@ from kms_policy_service.identity import Identifier
 from kms_policy_service.local_kms import DemoKey
 from kms_policy_service.locks import KeyLocks
 from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
-from kms_policy_service.ratelimit.redis_store import RedisStore
 from kms_policy_service.reads import PolicyReads
 from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver
@@ -252,6 +253,7 @@ class Server:
             )
         if settings.insecure and not settings.listen_is_loopback:
             self._tasks.append(asyncio.create_task(self._warn_insecure()))
+        _release_startup_memory()
         await self.health.serving()
         log.info(
             "serving",
@@ -262,6 +264,8 @@ class Server:
     def _shared_store(self, settings: Settings) -> SharedStore:
         if not settings.rate_limit_backend:
             return LocalStore()
+        from kms_policy_service.ratelimit.redis_store import RedisStore  # only when configured
+
         store = RedisStore(
             settings.rate_limit_backend, fallback_fraction=settings.rate_limit_fallback_fraction
         )
@@ -337,3 +341,17 @@ def _canary_context(interval: float) -> RequestContext:
         rate_key="kms-canary",
         deadline=time.monotonic() + min(interval, 10.0),
     )
+
+
+def _release_startup_memory() -> None:
+    """Hand back to the OS what start-up parsed and dropped (botocore's JSON models).
+
+    A sidecar's memory is paid once per application pod; glibc keeps freed heap
+    pages unless asked to trim them.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.malloc_trim(0)

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import grpc
+
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
-
 from tests.conftest import policy_for
 from tests.support.kms_faults import KmsFaultInjector
 from tests.support.process import ServiceProcess
@@ -27,8 +27,20 @@ async def test_local_kms_serves_the_demo_key_for_get_and_put() -> None:
             stub = pb_grpc.PolicyServiceStub(ch)
             got = await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn))
             assert got.key_arn == arn and len(got.etag) == 64
-            assert (await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id="alias/demo"))).key_arn == arn
-            new = policy_for(extra=[{"Sid": "Demo", "Effect": "Allow", "Principal": {"AWS": "123456789012"}, "Action": "kms:Decrypt", "Resource": "*"}])
+            assert (
+                await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id="alias/demo"))
+            ).key_arn == arn
+            new = policy_for(
+                extra=[
+                    {
+                        "Sid": "Demo",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": "123456789012"},
+                        "Action": "kms:Decrypt",
+                        "Resource": "*",
+                    }
+                ]
+            )
             put = await stub.PutKeyPolicy(pb.PutKeyPolicyRequest(key_id=arn, policy=new))
             again = await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn))
             assert again.policy == new and again.etag == put.etag
@@ -51,7 +63,9 @@ async def test_standard_aws_endpoint_variables_are_honoured_and_credentials_neve
     ).start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as ch:
-            reply = await pb_grpc.PolicyServiceStub(ch).GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+            reply = await pb_grpc.PolicyServiceStub(ch).GetKeyPolicy(
+                pb.GetKeyPolicyRequest(key_id=key["Arn"])
+            )
         assert reply.key_arn == key["Arn"]
         assert "GetKeyPolicy" in faults.operations()  # reached through the variable's endpoint
     finally:
@@ -60,7 +74,9 @@ async def test_standard_aws_endpoint_variables_are_honoured_and_credentials_neve
     assert SECRET not in text and "AKIAEXAMPLEKEYID" not in text
 
 
-def test_missing_credentials_refuse_to_start_with_a_clear_message(faults: KmsFaultInjector, tmp_path: Any) -> None:
+def test_missing_credentials_refuse_to_start_with_a_clear_message(
+    faults: KmsFaultInjector, tmp_path: Any
+) -> None:
     import subprocess
     import sys
 
@@ -74,8 +90,21 @@ def test_missing_credentials_refuse_to_start_with_a_clear_message(faults: KmsFau
         "AWS_REGION": "us-east-1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "kms_policy_service", "--listen", "127.0.0.1:0", "--kms-endpoint-url", faults.url, "--sts-endpoint-url", faults.url],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            sys.executable,
+            "-m",
+            "kms_policy_service",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-endpoint-url",
+            faults.url,
+            "--sts-endpoint-url",
+            faults.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 3
     assert "could not start" in result.stderr and "NoCredentials" in result.stderr

@@ -129,11 +129,15 @@ async def test_rotated_certificates_are_served_without_a_restart(
             )
 
 
-async def test_the_python_client_speaks_mutual_tls(tls_server: Server, pki: dict[str, Any], key: dict[str, Any]) -> None:
+async def test_the_python_client_speaks_mutual_tls(
+    tls_server: Server, pki: dict[str, Any], key: dict[str, Any]
+) -> None:
     from kms_policy_client import ClientOptions, PolicyClient, TLSConfig
 
     directory: Path = pki["dir"]
     cert, private = pki["ca"].issue("cn-only", uris=(API,)).write(directory, "client")
     tls = TLSConfig(ca_file=str(directory / "ca.crt"), cert_file=str(cert), key_file=str(private))
-    async with PolicyClient(f"localhost:{tls_server.port}", options=ClientOptions(tls=tls)) as client:
+    async with PolicyClient(
+        f"localhost:{tls_server.port}", options=ClientOptions(tls=tls)
+    ) as client:
         assert (await client.get_policy(key["Arn"])).key_arn == key["Arn"]

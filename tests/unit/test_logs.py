@@ -11,8 +11,15 @@ import pytest
 from kms_policy_service import logs
 
 ENTRY = {
-    "method": "GetKeyPolicy", "code": "OK", "reason": "", "duration_ms": 1.5, "caller": "local",
-    "peer": "ipv4:127.0.0.1:1", "key_arn": "arn:k", "request_id": "r1", "kms_attempts": 1,
+    "method": "GetKeyPolicy",
+    "code": "OK",
+    "reason": "",
+    "duration_ms": 1.5,
+    "caller": "local",
+    "peer": "ipv4:127.0.0.1:1",
+    "key_arn": "arn:k",
+    "request_id": "r1",
+    "kms_attempts": 1,
 }
 
 
