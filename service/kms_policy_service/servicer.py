@@ -497,7 +497,7 @@ def _decode_page_token(token: str, key_arn: str) -> str:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         marker, owner = data["m"], data["k"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise _bad_field(
             "page_token", "page_token is not one this service issued", "INVALID_PAGE_TOKEN"
         ) from exc

@@ -285,3 +285,22 @@ async def test_an_allowed_region_is_served_through_its_own_client(
     assert ":us-west-2:" in arn
     reply = await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn))
     assert reply.key_arn == arn
+
+
+async def test_hostile_nesting_is_refused_not_a_crash(
+    service: RunningService, faults: KmsFaultInjector
+) -> None:
+    for policy in (
+        "[" * 16_000 + "]" * 16_000,
+        '{"Statement": ' + "[" * 16_000 + "]" * 16_000 + "}",
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.PutKeyPolicy(put(policy=policy))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    token = __import__("base64").urlsafe_b64encode(b"[" * 30_000).decode()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.ListKeyPolicies(
+            pb.ListKeyPoliciesRequest(key_id=KEY_ARN, page_token=token)
+        )
+    assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    assert faults.kms_operations() in ([], ["DescribeKey"])

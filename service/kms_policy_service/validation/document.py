@@ -19,6 +19,7 @@ from typing import Any
 from kms_policy_service.validation.findings import Finding
 
 MAX_POLICY_BYTES = 32_768  # KMS quota "Key policy document size", cannot be raised
+MAX_DEPTH = 16  # a key policy nests 5 levels (Statement[i].Condition.Op.Key[j]); allow slack
 VERSIONS = ("2012-10-17", "2008-10-17")
 CURRENT_VERSION = "2012-10-17"
 
@@ -241,6 +242,8 @@ def parse_policy(text: str) -> ParsedPolicy:
         return ParsedPolicy(text, None, tuple(findings))
     try:
         document = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_no_constants)
+    except RecursionError:
+        return ParsedPolicy(text, None, (_too_deep(),))
     except ValueError as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         where = (
@@ -261,9 +264,39 @@ def parse_policy(text: str) -> ParsedPolicy:
                 ),
             ),
         )
+    if _depth(document) > MAX_DEPTH:
+        return ParsedPolicy(text, None, (_too_deep(),))
     findings = list(_walk_duplicates(document, ""))
     findings.extend(_check_document(document))
     return ParsedPolicy(text, document, tuple(findings))
+
+
+def _depth(value: Any) -> int:
+    """How deeply containers nest (iteratively: hostile input must not exhaust the stack)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep() -> Finding:
+    return Finding.error(
+        "NESTED_TOO_DEEPLY",
+        "",
+        f"the policy nests objects and lists more than {MAX_DEPTH} levels deep; "
+        "a key policy needs at most 5",
+    )
 
 
 def _check_document(doc: dict[str, Any]) -> Iterator[Finding]:

@@ -65,6 +65,11 @@ def test_the_seed_example_policy_is_clean() -> None:
         ("{not json", [("INVALID_JSON", "")]),
         ('{"Version": NaN}', [("INVALID_JSON", "")]),
         ("[]", [("NOT_AN_OBJECT", "")]),
+        ("[" * 16_000 + "]" * 16_000, [("NESTED_TOO_DEEPLY", "")]),
+        (
+            '{"Version": "2012-10-17", "Id": ' + "[" * 20 + "]" * 20 + "}",
+            [("NESTED_TOO_DEEPLY", "")],
+        ),
         ('"text"', [("NOT_AN_OBJECT", "")]),
         (
             '{"Version":"2012-10-17","Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}}',
