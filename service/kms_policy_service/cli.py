@@ -228,6 +228,12 @@ OPTIONS: tuple[Option, ...] = (
         "loopback only)",
     ),
     Option(
+        "--authz-reload-interval",
+        "authz_reload_interval",
+        "seconds between checks of the authz file for changes (default 2)",
+        float,
+    ),
+    Option(
         "--audit-log",
         "audit_log",
         "JSON-lines audit trail of policy changes: a path, or - for stdout",

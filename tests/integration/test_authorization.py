@@ -239,3 +239,54 @@ def test_a_network_listener_refuses_to_start_without_tls_or_authorization(
     )
     assert result.returncode == 2
     assert complaint in result.stderr
+
+
+async def test_sighup_reloads_the_policy(
+    faults: KmsFaultInjector, authz_file: Path, keys: dict[str, str]
+) -> None:
+    proc = ServiceProcess(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--authz-policy",
+            str(authz_file),
+            "--authz-reload-interval",
+            "3600",  # only the signal can reload it
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--kms-endpoint-url",
+            faults.url,
+            "--sts-endpoint-url",
+            faults.url,
+        ]
+    ).start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as ch:
+            from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.PolicyServiceStub(ch)
+
+            async def code() -> grpc.StatusCode:
+                try:
+                    await stub.GetKeyPolicy(
+                        pb.GetKeyPolicyRequest(key_id=keys["A"]), metadata=as_caller(STRANGER)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return OK
+
+            assert await code() == DENIED
+            authz_file.write_text(
+                f"rules:\n  - callers: ['{STRANGER}']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
+            )
+            await asyncio.sleep(0.2)
+            assert await code() == DENIED  # not polled for an hour
+            assert proc.proc is not None
+            proc.proc.send_signal(__import__("signal").SIGHUP)
+            for _ in range(50):
+                if await code() == OK:
+                    break
+                await asyncio.sleep(0.05)
+            assert await code() == OK
+    finally:
+        proc.stop()
