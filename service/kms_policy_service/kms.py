@@ -24,6 +24,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from kms_policy_service import __version__
 from kms_policy_service.backend import CallerIdentity, KeyMetadata, KmsFailure, PolicyPage
 from kms_policy_service.errors import CONNECTION_ERROR, CREDENTIALS_MISSING, READ_TIMEOUT
 from kms_policy_service.settings import Settings
@@ -53,6 +54,8 @@ def client_config(settings: Settings) -> AioConfig:
     # exactly one attempt. Timeouts far below botocore's 60 s defaults.
     return AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
+        # Names the service in CloudTrail's userAgent, so auditors can tell its calls apart.
+        user_agent_appid=f"kms-policy-service/{__version__}",
         connect_timeout=settings.kms_connect_timeout,
         read_timeout=settings.kms_read_timeout,
         max_pool_connections=settings.kms_max_pool_connections,

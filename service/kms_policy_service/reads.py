@@ -1,7 +1,7 @@
-"""Policy reads: single-flight for concurrent identical reads, and an optional short TTL cache.
+"""Reads: single-flight for concurrent identical reads, and an optional short TTL cache.
 
-Consistency of the cache (off by default, `--read-cache-ttl`): a successful Put
-through this replica invalidates its entry at once, so a caller reads its own
+Consistency of the policy cache (off by default, `--read-cache-ttl`): a successful
+Put through this replica invalidates its entry at once, so a caller reads its own
 writes through the same replica. Writes through other replicas or outside the
 service become visible only when the entry expires: readers may see a policy up
 to TTL seconds old. Puts never read from the cache (their etag check is fresh).
@@ -13,44 +13,41 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from kms_policy_service.errors import DeadlineExceeded
 
+T = TypeVar("T")
+Slot = tuple[str, str]
 
-class PolicyReads:
-    def __init__(self, *, cache_ttl: float, max_entries: int = 10_000) -> None:
-        self._ttl = cache_ttl
-        self._max_entries = max_entries
-        self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._cache: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
 
-    async def read(self, key_arn: str, name: str, fetch: Callable[[], Awaitable[str]]) -> str:
-        """The policy of (key_arn, name): cached, joined to a read in flight, or fetched."""
-        slot = (key_arn, name)
-        if self._ttl > 0:
-            hit = self._cache.get(slot)
-            if hit is not None and hit[0] > time.monotonic():
-                return hit[1]
+class SingleFlight(Generic[T]):
+    """Concurrent calls for one slot share one fetch, run in the first caller's own task."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[Slot, asyncio.Future[T]] = {}
+
+    async def read(self, a: str, b: str, fetch: Callable[[], Awaitable[T]]) -> T:
+        slot = (a, b)
         while True:
             shared = self._in_flight.get(slot)
             if shared is None:
                 return await self._lead(slot, fetch)
             try:
-                # shield: a follower giving up must not cancel the leader's read.
+                # shield: a follower giving up must not cancel the leader's fetch.
                 return await asyncio.shield(shared)
             except asyncio.CancelledError:
                 if not shared.cancelled():
                     raise  # this follower was cancelled
-                # the leader's caller gave up: read again, under our own deadline
+                # the leader's caller gave up: fetch again, under our own deadline
             except DeadlineExceeded:
-                pass  # the leader's deadline, not ours: read again under our own
+                pass  # the leader's deadline, not ours: fetch again under our own
 
-    async def _lead(self, slot: tuple[str, str], fetch: Callable[[], Awaitable[str]]) -> str:
-        """Fetch in the caller's own task (no extra task); followers wait on a future."""
-        shared: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async def _lead(self, slot: Slot, fetch: Callable[[], Awaitable[T]]) -> T:
+        shared: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._in_flight[slot] = shared
         try:
-            policy = await fetch()
+            value = await fetch()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 shared.cancel()
@@ -60,7 +57,25 @@ class PolicyReads:
             raise
         finally:
             self._in_flight.pop(slot, None)
-        shared.set_result(policy)
+        shared.set_result(value)
+        return value
+
+
+class PolicyReads:
+    def __init__(self, *, cache_ttl: float, max_entries: int = 10_000) -> None:
+        self._ttl = cache_ttl
+        self._max_entries = max_entries
+        self._flight: SingleFlight[str] = SingleFlight()
+        self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
+
+    async def read(self, key_arn: str, name: str, fetch: Callable[[], Awaitable[str]]) -> str:
+        """The policy of (key_arn, name): cached, joined to a read in flight, or fetched."""
+        slot = (key_arn, name)
+        if self._ttl > 0:
+            hit = self._cache.get(slot)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+        policy = await self._flight.read(key_arn, name, fetch)
         if self._ttl > 0:
             self._cache[slot] = (time.monotonic() + self._ttl, policy)
             self._cache.move_to_end(slot)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kms_policy_service.backend import KeyMetadata, KmsBackend
 from kms_policy_service.errors import FieldViolation, InvalidArgument
 from kms_policy_service.gateway import KmsGateway
+from kms_policy_service.reads import SingleFlight
 from kms_policy_service.request import RequestContext
 from kms_policy_service.validation import KeyRef, check_key_scope
 
@@ -47,6 +48,7 @@ class KeyResolver:
         self._ttl = ttl
         self._max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str], tuple[float, ResolvedKey]] = OrderedDict()
+        self._describe: SingleFlight[KeyMetadata] = SingleFlight()
 
     def region_of(self, ref: KeyRef) -> str:
         """The Region serving `ref`; refuses other accounts and Regions not allowed."""
@@ -64,10 +66,15 @@ class KeyResolver:
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        metadata = await self._gateway.call(
-            "DescribeKey",
-            lambda: self._backend.describe_key(ref.raw, region=region),
-            ctx=ctx,
+        # Concurrent misses for one key share one DescribeKey (a cold start under load).
+        metadata = await self._describe.read(
+            region,
+            ref.raw,
+            lambda: self._gateway.call(
+                "DescribeKey",
+                lambda: self._backend.describe_key(ref.raw, region=region),
+                ctx=ctx,
+            ),
         )
         if f":{self._account}:" not in metadata.arn:
             # An alias cannot point across accounts; refuse rather than trust it.

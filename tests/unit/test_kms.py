@@ -59,3 +59,4 @@ def test_client_config_owns_retries_and_bounds_timeouts() -> None:
     assert config.retries == {"mode": "standard", "total_max_attempts": 1}
     assert config.connect_timeout == 2.0 and config.read_timeout == 5.0
     assert config.max_pool_connections == 64
+    assert config.user_agent_appid.startswith("kms-policy-service/")
