@@ -155,23 +155,6 @@ class Internal(ServiceError):
     default_reason = "INTERNAL"
 
 
-ERROR_CLASSES: dict[grpc.StatusCode, type[ServiceError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        FailedPrecondition,
-        Aborted,
-        PermissionDenied,
-        Unauthenticated,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Internal,
-    )
-}
-
-
 @dataclass(frozen=True)
 class KmsErrorRule:
     """How one KMS failure reaches the caller."""
@@ -329,10 +312,6 @@ def from_kms_failure(
         retry_after=rule.retry_after,
         resource=resource,
     )
-
-
-def is_retryable(code: str, operation: str, http_status: int | None = None) -> bool:
-    return kms_rule(code, operation, http_status).retryable
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -16,7 +16,6 @@ class RequestContext:
     deadline: float  # time.monotonic() by which the answer is due
     kms_attempts: int = 0
     key_arn: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

@@ -21,7 +21,6 @@ class CertificateFiles:
         self._paths = [p for p in (cert, key, client_ca) if p is not None]
         self._cert, self._key, self._client_ca = cert, key, client_ca
         self._stamp = self._stat()
-        self.reloads = 0
 
     def _stat(self) -> tuple[tuple[int, int], ...]:
         out = []
@@ -49,7 +48,6 @@ class CertificateFiles:
             log.warning("TLS files unreadable, keeping the current certificate: %s", exc)
             return None
         self._stamp = stamp
-        self.reloads += 1
         log.info("TLS certificate reloaded", extra={"tls_cert": str(self._cert)})
         return config
 

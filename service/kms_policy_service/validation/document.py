@@ -163,12 +163,6 @@ class ParsedPolicy:
     document: dict[str, Any] | None
     findings: tuple[Finding, ...]
 
-    @property
-    def ok(self) -> bool:
-        return self.document is not None and not any(
-            f.severity.name == "ERROR" for f in self.findings
-        )
-
 
 class _Object(dict[str, Any]):
     """A JSON object that remembers the keys it saw twice."""

@@ -42,10 +42,6 @@ class KeyRef:
     account: str | None = None  # ARNs only
 
     @property
-    def is_alias(self) -> bool:
-        return self.kind in (KeyKind.ALIAS, KeyKind.ALIAS_ARN)
-
-    @property
     def names(self) -> tuple[str, ...]:
         """The names authorization rules may match before resolution (an alias ARN's alias too)."""
         if self.kind is KeyKind.ALIAS_ARN:
