@@ -40,8 +40,8 @@ class ServicePrincipal:
         """Map STS GetCallerIdentity to the ARN a key policy names.
 
         An assumed-role session maps to its role (IAM policies name roles, not
-        sessions; a role path is not visible in the session ARN, so a policy that
-        names the role with a path is matched by account root or wildcards only).
+        sessions). The session ARN does not show the role's path; `is_named_by`
+        matches the role by account and name whatever its path.
         """
         partition = arn.split(":")[1] if arn.startswith("arn:") else "aws"
         m = _ASSUMED_ROLE.fullmatch(arn)
@@ -61,17 +61,26 @@ class ServicePrincipal:
             self.session_arn,
         }
 
+    def is_named_by(self, principal: str) -> bool:
+        """A policy principal that means this service (a role named with its path too)."""
+        if principal in self.names():
+            return True
+        # STS session ARNs drop the role's path (role/path/to/Name -> assumed-role/Name/...),
+        # so a role ARN with any path and the same name is the same role.
+        role = f"arn:{self.partition}:iam::{self.account}:role/"
+        if self.arn.startswith(role) and principal.startswith(role):
+            return principal.rsplit("/", 1)[1] == self.arn.rsplit("/", 1)[1]
+        return False
+
 
 def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -> bool:
-    names = principal.names()
-
     def listed(value: Any) -> bool:
         if value == "*":
             return True
         if not isinstance(value, dict):
             return False
         entries = [p for p in as_list(value.get("AWS", [])) if isinstance(p, str)]
-        return any(p in names or fnmatch.fnmatchcase(principal.arn, p) for p in entries)
+        return any(principal.is_named_by(p) for p in entries)
 
     if "Principal" in statement:
         return listed(statement["Principal"])

@@ -44,6 +44,9 @@ def test_an_assumed_role_session_maps_to_its_role() -> None:
         {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
         {"AWS": ROLE},
         {"AWS": ["arn:aws:iam::111122223333:root", ROLE]},
+        {
+            "AWS": f"arn:aws:iam::{ACCOUNT}:role/eks/irsa/kms-policy-service"
+        },  # the role, with its path
     ],
 )
 def test_principals_that_name_the_service(principal: Any) -> None:
@@ -71,6 +74,8 @@ def test_not_action_that_spares_put_key_policy_counts() -> None:
     "statements",
     [
         [allow({"AWS": "arn:aws:iam::111122223333:root"})],
+        [allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/kms-policy-service-other"})],
+        [allow({"AWS": "arn:aws:iam::111122223333:role/kms-policy-service"})],
         [allow({"AWS": ROLE}, "kms:GetKeyPolicy")],
         [allow({"AWS": ROLE}, Condition={"Bool": {"aws:MultiFactorAuthPresent": "true"}})],
         [allow({"AWS": ROLE}), deny({"AWS": ROLE})],
