@@ -150,6 +150,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             "policy_name": request.policy_name or DEFAULT_POLICY_NAME,
             "bypass_lockout_check": request.bypass_policy_lockout_safety_check,
             "expected_etag": request.etag,
+            "new_policy": request.policy,  # refused attempts are evidence too
         }
         audited = self._audit is not None and not request.validate_only
         try:
@@ -255,7 +256,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if self._audit is not None:
                 record["changes"] = change_summary(_json_or_none(previous), document)
                 record["previous_policy"] = previous
-                record["new_policy"] = request.policy
                 await self._audit_write({**record, "phase": "intent"}, durable=True)
         record["phase"] = "outcome"
         await self._gateway.call(
