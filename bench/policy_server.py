@@ -40,7 +40,7 @@ async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     (workdir / "authz.yaml").write_text(AUTHZ)
     log_file = open(os.devnull if args.no_log else workdir / "access.log", "a")  # noqa: SIM115, ASYNC230
-    configure("INFO", "json", stream=log_file)
+    configure(args.log_level, "json", stream=log_file)
     settings = Settings(
         listen="127.0.0.1:0",
         kms_endpoint_url=None if args.kms == "memory" else args.kms,
@@ -80,4 +80,5 @@ if __name__ == "__main__":
     parser.add_argument("--read-cache-ttl", type=float, default=0.0)
     parser.add_argument("--max-concurrency", type=int, default=64)
     parser.add_argument("--no-log", action="store_true")
+    parser.add_argument("--log-level", default="INFO", help="WARNING turns access records off")
     uvloop.run(main(parser.parse_args()))

@@ -64,3 +64,15 @@ def test_access_records_follow_the_level(restore_logging: object) -> None:
     assert not logs.access_enabled()
     logs.configure("INFO", "json", stream=io.StringIO())
     assert logs.access_enabled()
+
+
+def test_access_records_escape_hostile_strings(restore_logging: object) -> None:
+    out = io.StringIO()
+    logs.configure("INFO", "json", stream=out)
+    logs.access(
+        {**ENTRY, "request_id": 'quote" and \\ newline\n and é', "duration_ms": float("1e-7")}
+    )
+    logs.flush()
+    record = json.loads(out.getvalue())
+    assert record["request_id"] == 'quote" and \\ newline\n and é'
+    assert record["kms_attempts"] == 1 and record["duration_ms"] == 1e-7
