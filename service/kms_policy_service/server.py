@@ -70,7 +70,6 @@ def create_server(
             # (our client pings every 60 s; the gRPC default would answer GOAWAY).
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
-            ("grpc.http2.max_ping_strikes", 0),
         ],
         # Past this many RPCs at once gRPC itself answers RESOURCE_EXHAUSTED: memory
         # stays bounded however hard the service is pushed.
