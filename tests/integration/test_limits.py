@@ -188,3 +188,18 @@ async def test_a_cancelled_call_abandons_its_kms_request(
             break
         await asyncio.sleep(0.02)
     assert slow and slow[0].abandoned
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_concurrent_rpcs": 4}], indirect=True)
+async def test_past_the_rpc_bound_grpc_itself_refuses_so_memory_stays_bounded(
+    service: RunningService, faults: KmsFaultInjector, kms: Any
+) -> None:
+    keys = [kms.create_key(Policy=policy_for())["KeyMetadata"] for _ in range(10)]
+    faults.add(Rule("DescribeKey", "sleep", delay=0.5))
+    results = await asyncio.gather(
+        *(service.stub.GetKeyPolicy(get(k), timeout=5) for k in keys), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 6
+    assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert len(faults.operations()) == 4 + 4  # only the admitted four reached KMS

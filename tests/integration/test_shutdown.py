@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
@@ -15,8 +16,9 @@ from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.process import ServiceProcess
 
 
-async def test_sigterm_drains_an_in_flight_call_to_ok_and_exits_zero(
-    faults: KmsFaultInjector, key: dict[str, Any]
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
+    faults: KmsFaultInjector, key: dict[str, Any], sig: signal.Signals
 ) -> None:
     proc = ServiceProcess(
         [
@@ -40,7 +42,7 @@ async def test_sigterm_drains_an_in_flight_call_to_ok_and_exits_zero(
             while "GetKeyPolicy" not in faults.operations():  # the call is held in KMS
                 await asyncio.sleep(0.02)
             assert proc.proc is not None
-            proc.proc.send_signal(signal.SIGTERM)
+            proc.proc.send_signal(sig)
             await asyncio.sleep(0.2)
             # A new call on a fresh connection is refused while draining.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as fresh:
