@@ -14,7 +14,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import ACCOUNT, RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, loopback_service
 from tests.support.redis_server import RedisServer
 from tests.support.status import details_of
 
@@ -77,12 +77,7 @@ async def test_two_replicas_sharing_redis_also_have_one_winner(
     faults: KmsFaultInjector, redis_server: RedisServer, key: dict[str, Any]
 ) -> None:
     args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--kms-endpoint-url",
-        faults.url,
-        "--sts-endpoint-url",
-        faults.url,
+        *loopback_service(on=faults.url),
         "--rate-limit-backend",
         redis_server.url,
     ]

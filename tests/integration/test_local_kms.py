@@ -12,7 +12,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
 from tests.support.kms_faults import KmsFaultInjector
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, loopback_service
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
@@ -94,12 +94,7 @@ def test_missing_credentials_refuse_to_start_with_a_clear_message(
             sys.executable,
             "-m",
             "kms_policy_service",
-            "--listen",
-            "127.0.0.1:0",
-            "--kms-endpoint-url",
-            faults.url,
-            "--sts-endpoint-url",
-            faults.url,
+            *loopback_service(on=faults.url),
         ],
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import ACCOUNT, policy_for
 from tests.support.kms_faults import KmsFaultInjector
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, loopback_service
 
 UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
@@ -26,12 +26,7 @@ UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 def stub(_injector: KmsFaultInjector) -> Iterator[pb_grpc.PolicyServiceStub]:
     proc = ServiceProcess(
         [
-            "--listen",
-            "127.0.0.1:0",
-            "--kms-endpoint-url",
-            _injector.url,
-            "--sts-endpoint-url",
-            _injector.url,
+            *loopback_service(on=_injector.url),
         ]
     ).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{proc.port}")

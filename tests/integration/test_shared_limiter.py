@@ -16,7 +16,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
 from tests.support.kms_faults import KmsFaultInjector
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, loopback_service
 from tests.support.redis_server import RedisServer
 
 RATE = 10  # PutKeyPolicy per second, for both replicas together
@@ -26,12 +26,7 @@ OFFERED = 5 * RATE
 @pytest.fixture
 def replicas(faults: KmsFaultInjector, redis_server: RedisServer) -> Iterator[list[ServiceProcess]]:
     args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--kms-endpoint-url",
-        faults.url,
-        "--sts-endpoint-url",
-        faults.url,
+        *loopback_service(on=faults.url),
         "--rate-limit-backend",
         redis_server.url,
         "--kms-rate-limit",

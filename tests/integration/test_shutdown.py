@@ -13,7 +13,7 @@ import pytest
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.support.kms_faults import KmsFaultInjector, Rule
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, loopback_service
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -22,12 +22,7 @@ async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
 ) -> None:
     proc = ServiceProcess(
         [
-            "--listen",
-            "127.0.0.1:0",
-            "--kms-endpoint-url",
-            faults.url,
-            "--sts-endpoint-url",
-            faults.url,
+            *loopback_service(on=faults.url),
             "--shutdown-grace",
             "5",
         ]

@@ -13,6 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def loopback_service(*, on: str) -> list[str]:
+    """Flags for a service on a free loopback port whose KMS and STS are at `on`."""
+    return ["--listen", "127.0.0.1:0", "--kms-endpoint-url", on, "--sts-endpoint-url", on]
+
+
 class ServiceProcess:
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "kms_policy_service", "--log-format", "json", *args]
