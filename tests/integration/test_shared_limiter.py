@@ -99,6 +99,10 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
 
         redis_server.start()
         await asyncio.sleep(1.5)  # past the store's retry interval
+        # Let each replica find Redis again (a pooled connection may still be the dead
+        # one), then let the buckets refill: the window measures the restored shared limit.
+        await offer(stubs, key["Arn"], 0.5)
+        await asyncio.sleep(1.0)
         recovered = await offer(stubs, key["Arn"], 3.0)
         assert set(recovered) <= {"OK", "RESOURCE_EXHAUSTED"}, recovered
         assert within(recovered["OK"], RATE * 3.0), recovered
