@@ -186,6 +186,70 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "--max-rpcs-per-caller",
+        "max_rpcs_per_caller",
+        "RPCs one caller (identity, else address) may have in progress at once; beyond, "
+        "RESOURCE_EXHAUSTED (default 128)",
+        int,
+    ),
+    Option(
+        "--max-findings",
+        "max_findings",
+        "findings in one ValidateKeyPolicy answer; the last then says how many were left out "
+        "(default 100)",
+        int,
+    ),
+    Option(
+        "--request-receive-timeout",
+        "request_receive_timeout",
+        "seconds a call's request message may take to arrive after its headers (default 5)",
+        float,
+    ),
+    Option(
+        "--caller-rpc-rate-limit",
+        "caller_rpc_rate_limit",
+        "RATE[:BURST] of RPCs per caller, whatever they cost (default off)",
+        _optional_rate,
+    ),
+    Option(
+        "--caller-refusal-rate-limit",
+        "caller_refusal_rate_limit",
+        "RATE[:BURST] of refused RPCs (invalid, unauthenticated, denied) per caller; past it "
+        "every RPC of that caller is refused until the bucket refills (default 10:50; off "
+        "disables)",
+        _optional_rate,
+    ),
+    Option(
+        "--max-deadline",
+        "max_deadline",
+        "seconds; longer caller deadlines are cut to this (default 30)",
+        float,
+    ),
+    Option(
+        "--max-streams-per-connection",
+        "max_streams_per_connection",
+        "concurrent HTTP/2 streams per client connection (default 100)",
+        int,
+    ),
+    Option(
+        "--max-connection-idle",
+        "max_connection_idle",
+        "seconds a connection without calls stays open (default 300)",
+        float,
+    ),
+    Option(
+        "--max-connection-age",
+        "max_connection_age",
+        "seconds before a connection is asked to reconnect with GOAWAY (default 1800)",
+        float,
+    ),
+    Option(
+        "--max-connection-age-grace",
+        "max_connection_age_grace",
+        "seconds calls in progress get after GOAWAY before the connection closes (default 35)",
+        float,
+    ),
+    Option(
         "--rate-limit-backend",
         "rate_limit_backend",
         "redis://HOST:PORT/DB: share operation and key buckets across replicas (default in memory)",
@@ -244,6 +308,33 @@ OPTIONS: tuple[Option, ...] = (
         "leave the previous/new policy text out of audit records",
         _bool,
         True,
+    ),
+    Option(
+        "--audit-refusal-rate",
+        "audit_refusal_rate",
+        "RATE[:BURST] of refused-attempt audit records per caller; the rest are counted in a "
+        "later summary record (default 1:10; off disables)",
+        _optional_rate,
+    ),
+    Option(
+        "--audit-refusal-total-rate",
+        "audit_refusal_total_rate",
+        "RATE[:BURST] of refused-attempt audit records from all callers together "
+        "(default 20:100; off disables)",
+        _optional_rate,
+    ),
+    Option(
+        "--audit-refusal-callers",
+        "audit_refusal_callers",
+        "callers whose refusal-record bucket is remembered, least recent forgotten (default 10000)",
+        int,
+    ),
+    Option(
+        "--audit-unauthorized-policy-bytes",
+        "audit_unauthorized_policy_bytes",
+        "bytes of an attempted policy kept in the record when the caller was not authorized "
+        "to write, with its length and SHA-256 (default 1024)",
+        int,
     ),
     Option(
         "--metrics-listen", "metrics_listen", "HOST:PORT serving Prometheus /metrics (default off)"

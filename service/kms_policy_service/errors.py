@@ -100,6 +100,7 @@ class ServiceError(Exception):
         self.precondition_violations = tuple(precondition_violations)
         self.resource = resource
         self.retry_after = retry_after
+        self.violations_left_out = 0  # set by to_status when the trailer budget cut some
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason}: {self.message})"
@@ -320,20 +321,60 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+# gRPC clients refuse trailers over 8 KiB (grpc.max_metadata_size); the status travels
+# base64-encoded in grpc-status-details-bin, beside grpc-message. These keep it well under.
+MAX_STATUS_BYTES = 4096  # serialized google.rpc.Status
+MAX_FIELD_VIOLATIONS = 20  # then one TOO_MANY_FINDINGS violation says how many were left out
+MAX_TEXT_CHARS = 512  # of a message, a description or a metadata value
+TOO_MANY_FINDINGS = "TOO_MANY_FINDINGS"
+
+
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters, saying so."""
+    return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
+
+
 def to_status(error: ServiceError, *, request_id: str = "") -> status_pb2.Status:
-    """Build the google.rpc.Status (with exactly one ErrorInfo) for an error."""
-    metadata = dict(error.metadata)
+    """Build the google.rpc.Status (with exactly one ErrorInfo) for an error.
+
+    Whatever the error carries, the result fits in MAX_STATUS_BYTES: long texts are
+    clipped and field violations beyond what fits are summarised in a final
+    TOO_MANY_FINDINGS violation (the caller must not mistake a too-large trailer
+    for RESOURCE_EXHAUSTED, which the contract says to retry).
+    """
+    violations = list(error.field_violations)
+    keep = min(len(violations), MAX_FIELD_VIOLATIONS)
+    while True:
+        status = _status(error, request_id, violations, keep)
+        if status.ByteSize() <= MAX_STATUS_BYTES or keep == 0:
+            error.violations_left_out = len(violations) - keep
+            return status
+        keep = max(0, keep - max(1, keep // 4))
+
+
+def _status(
+    error: ServiceError, request_id: str, violations: list[FieldViolation], keep: int
+) -> status_pb2.Status:
+    metadata = {k: clip(v) for k, v in error.metadata.items()}
     if request_id:
         metadata["requestId"] = request_id
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status = status_pb2.Status(code=error.code.value[0], message=clip(error.message))
     status.details.add().Pack(
         error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
     )
-    if error.field_violations:
+    if violations:
         bad = error_details_pb2.BadRequest()
-        for v in error.field_violations:
+        for v in violations[:keep]:
             description = f"{v.path}: {v.description}" if v.path else v.description
-            bad.field_violations.add(field=v.field, description=description, reason=v.reason)
+            bad.field_violations.add(field=v.field, description=clip(description), reason=v.reason)
+        if keep < len(violations):
+            left_out = len(violations) - keep
+            bad.field_violations.add(
+                field=violations[keep].field,
+                description=f"{left_out} more problems not listed; fix these and retry, "
+                "or call ValidateKeyPolicy to list them",
+                reason=TOO_MANY_FINDINGS,
+            )
         status.details.add().Pack(bad)
     if error.precondition_violations:
         pre = error_details_pb2.PreconditionFailure()

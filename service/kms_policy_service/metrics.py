@@ -69,8 +69,39 @@ ratelimit_backend_degraded = Gauge(
     "kms_policy_ratelimit_backend_degraded",
     "1 while the shared (Redis) limiter is unreachable and local fallback buckets apply.",
 )
+admission_refusals_total = Counter(
+    "kms_policy_admission_refusals_total",
+    "RPCs refused before any handler work, by reason (caller_concurrency_limited, "
+    "caller_rate_limited, caller_refusals_rate_limited, request_not_received, "
+    "malformed_request).",
+    ("reason",),
+)
+findings_truncated_total = Counter(
+    "kms_policy_findings_truncated_total",
+    "Answers whose findings were cut to the bound, by where (validate: --max-findings; "
+    "status: the error trailer budget).",
+    ("where",),
+)
 audit_write_failures_total = Counter(
     "kms_policy_audit_write_failures_total", "Audit records that could not be written."
+)
+audit_reopens_total = Counter(
+    "kms_policy_audit_reopens_total",
+    "Audit file reopens, by cause: moved (rotated away), deleted, signal (SIGHUP).",
+    ("cause",),
+)
+audit_torn_lines_total = Counter(
+    "kms_policy_audit_torn_lines_total",
+    "Torn (unterminated) last lines found in the audit file and terminated before appending.",
+)
+audit_refusals_dropped_total = Counter(
+    "kms_policy_audit_refusals_dropped_total",
+    "Refused-attempt audit records not written (summarised later), by bucket: caller or total.",
+    ("bucket",),
+)
+audit_policies_truncated_total = Counter(
+    "kms_policy_audit_policies_truncated_total",
+    "Refused-attempt records keeping only a prefix of a policy from an unauthorized caller.",
 )
 authz_reloads_total = Counter(
     "kms_policy_authz_reloads_total", "Authorization policy reloads, by result.", ("result",)

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kms_policy_service import __version__, metrics
+from kms_policy_service.admission import Admission, AdmissionLimits
 from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
@@ -57,10 +58,12 @@ def create_server(
     settings: Settings,
     servicer: PolicyServicer,
     health: Health,
+    admission: Admission,
     credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with PolicyService, health and reflection, bound to settings.listen."""
     server = grpc.aio.server(
+        interceptors=[admission],
         options=[
             # Refuse oversized messages in gRPC itself, before any parsing.
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -70,6 +73,11 @@ def create_server(
             # (our client pings every 60 s; the gRPC default would answer GOAWAY).
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
+            # What one connection may hold, and for how long (Go net/http's levers).
+            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+            ("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle)),
+            ("grpc.max_connection_age_ms", _ms(settings.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace)),
         ],
         # Past this many RPCs at once gRPC itself answers RESOURCE_EXHAUSTED: memory
         # stays bounded however hard the service is pushed.
@@ -89,6 +97,10 @@ def create_server(
     return server, port
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 class Server:
     """One running PolicyService. `backend` replaces aiobotocore (tests, benchmarks)."""
 
@@ -99,6 +111,8 @@ class Server:
         self.demo_key: DemoKey | None = None
         self.limiter: RateLimiter | None = None
         self.authorizer: Authorizer | None = None
+        self.audit: AuditLog | None = None
+        self.admission: Admission | None = None
         self._backend = backend
         self._stack = AsyncExitStack()
         self._server: grpc.aio.Server | None = None
@@ -109,17 +123,32 @@ class Server:
         self._should_exit = asyncio.Event()
 
     async def serve(self) -> None:
-        await self.startup()
+        # Signals first, so a SIGTERM during a slow start still stops cleanly, and a
+        # failed start (port in use) still runs every cleanup registered so far.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        # Always handled (never the default, which kills the process): reload what is
+        # configured and reopen the audit file (logrotate's postrotate).
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-            if self.authorizer is not None and self.authorizer.path is not None:
-                loop.add_signal_handler(signal.SIGHUP, self.authorizer.reload)
+            await self.startup()
             await self._should_exit.wait()
             log.info("stop requested: draining for up to %.1fs", self.settings.shutdown_grace)
         finally:
             await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the authorization policy (if any) and reopen the audit log."""
+        log.info("SIGHUP: reloading")
+        if self.authorizer is not None and self.authorizer.path is not None:
+            self.authorizer.reload()
+        if self.audit is not None:
+            reopen = getattr(self.audit, "reopen", None)
+            if reopen is not None:
+                reopen()
 
     def request_stop(self) -> None:
         """Signal-safe: only sets the flag; serve() does the rest."""
@@ -139,8 +168,16 @@ class Server:
             )
         audit = None
         if settings.audit_log:
-            audit = AuditLog(settings.audit_log, omit_policies=settings.audit_omit_policies)
+            audit = AuditLog(
+                settings.audit_log,
+                omit_policies=settings.audit_omit_policies,
+                refusal_rate=settings.audit_refusal_rate,
+                refusal_total_rate=settings.audit_refusal_total_rate,
+                refusal_callers=settings.audit_refusal_callers,
+                unauthorized_policy_bytes=settings.audit_unauthorized_policy_bytes,
+            )
             self._stack.callback(audit.close)
+        self.audit = audit
 
         backend = self._backend
         if backend is None:
@@ -188,21 +225,34 @@ class Server:
             ttl=settings.key_cache_ttl,
             max_entries=settings.key_cache_max_entries,
         )
+        identifier = Identifier(
+            loopback_listener=settings.listen_is_loopback,
+            trusted_proxies=settings.trusted_proxies,
+            tls=settings.tls,
+        )
+        admission = Admission(
+            AdmissionLimits(
+                max_rpcs_per_caller=min(settings.max_rpcs_per_caller, settings.max_concurrent_rpcs),
+                receive_timeout=settings.request_receive_timeout,
+                caller_rpc_rate=settings.caller_rpc_rate_limit,
+                caller_refusal_rate=settings.caller_refusal_rate_limit,
+            ),
+            identifier,
+        )
+        self.admission = admission
         servicer = PolicyServicer(
             backend=backend,
             gateway=gateway,
             resolver=servicer_resolver,
             principal=principal,
             reads=PolicyReads(cache_ttl=settings.read_cache_ttl),
-            identifier=Identifier(
-                loopback_listener=settings.listen_is_loopback,
-                trusted_proxies=settings.trusted_proxies,
-                tls=settings.tls,
-            ),
+            identifier=identifier,
             authorizer=self.authorizer,
             audit=audit,
             locks=locks,
             default_deadline=settings.default_deadline,
+            max_deadline=settings.max_deadline,
+            max_findings=settings.max_findings,
         )
 
         # Gauges read at scrape time: nothing on the request path.
@@ -210,7 +260,9 @@ class Server:
         metrics.kms_requests_in_flight.set_function(lambda: gateway.in_flight)
         shared = self.limiter.shared
         metrics.ratelimit_backend_degraded.set_function(lambda: 1 if shared.degraded else 0)
-        self._server, self.port = create_server(settings, servicer, self.health, credentials)
+        self._server, self.port = create_server(
+            settings, servicer, self.health, admission, credentials
+        )
         if settings.health_listen:
             self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)
             await self._probe_server.start()

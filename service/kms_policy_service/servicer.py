@@ -21,6 +21,7 @@ from kms_policy_service.audit import AuditLog, audit_unavailable, change_summary
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.errors import (
+    TOO_MANY_FINDINGS,
     Aborted,
     DeadlineExceeded,
     FailedPrecondition,
@@ -32,6 +33,7 @@ from kms_policy_service.errors import (
     PreconditionViolation,
     ServiceError,
     Unauthenticated,
+    clip,
     internal_error,
     to_status,
 )
@@ -87,6 +89,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         audit: AuditLog | None,
         locks: KeyLocks,
         default_deadline: float,
+        max_deadline: float | None = None,
+        max_findings: int = 100,
     ) -> None:
         self._backend = backend
         self._gateway = gateway
@@ -98,6 +102,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._audit = audit
         self._locks = locks
         self._default_deadline = default_deadline
+        self._max_deadline = max_deadline if max_deadline is not None else default_deadline
+        self._max_findings = max_findings
         self.in_flight = 0  # read by the kms_policy_rpcs_in_flight gauge at scrape time
 
     # -- RPCs ---------------------------------------------------------------
@@ -158,7 +164,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         except ServiceError as err:
             if audited:
                 record.update(outcome=err.code.name, reason=err.reason, message=err.message)
-                await self._audit_write(record, durable=False)
+                if record.get("phase") == "refused":  # anyone can cause these: bounded
+                    assert self._audit is not None
+                    await self._audit.record_refusal(
+                        record, caller=ctx.caller, authorized=record.get("authorized") is True
+                    )
+                else:
+                    await self._audit_write(record, durable=False)
             raise
         except asyncio.CancelledError:
             if audited and record.get("phase") == "outcome":
@@ -179,6 +191,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 "etag", "etag must be 64 lowercase hex characters (from a Get)", "INVALID_ETAG"
             )
         authorized_key = await self._authorize(ctx, "PutKeyPolicy", ref)
+        record["authorized"] = True  # from here on, a refusal keeps the caller's whole policy
         parsed = parse_policy(request.policy)
         raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
         assert parsed.document is not None  # no errors: it parsed
@@ -318,14 +331,38 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 )
             if parsed.document is not None:
                 findings.extend(self._key_findings(parsed.document, key, name, bypass=False))
-        return pb.ValidateKeyPolicyResponse(
-            findings=[
-                pb.Finding(
-                    severity=_SEVERITY[f.severity], code=f.code, path=f.path, message=f.message
+        return pb.ValidateKeyPolicyResponse(findings=self._capped(findings))
+
+    def _capped(self, findings: list[Finding]) -> list[pb.Finding]:
+        """At most max_findings (errors first), then one saying how many were left out.
+
+        An answer must fit in what gRPC may send, whatever the policy (AIP-193 details).
+        """
+        if len(findings) > self._max_findings:
+            metrics.child(metrics.findings_truncated_total, "validate").inc()
+            ordered = sorted(findings, key=lambda f: f.severity.value)  # stable: errors first
+            kept = ordered[: self._max_findings - 1]
+            left_out = ordered[len(kept) :]
+            errors = sum(f.severity is Severity.ERROR for f in left_out)
+            kept.append(
+                Finding(
+                    Severity.ERROR if errors else Severity.WARNING,
+                    TOO_MANY_FINDINGS,
+                    "",
+                    f"{len(left_out)} more findings not listed ({errors} errors, "
+                    f"{len(left_out) - errors} warnings); fix these and validate again",
                 )
-                for f in findings
-            ]
-        )
+            )
+            findings = kept
+        return [
+            pb.Finding(
+                severity=_SEVERITY[f.severity],
+                code=f.code,
+                path=clip(f.path),
+                message=clip(f.message),
+            )
+            for f in findings
+        ]
 
     # -- shared steps -------------------------------------------------------
 
@@ -435,8 +472,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 request_id = value[:128]
                 break
         remaining = context.time_remaining()
-        if remaining is None:
-            remaining = self._default_deadline
+        # Bounded either way: no caller holds a lock or a slot for longer than max_deadline.
+        remaining = min(
+            self._default_deadline if remaining is None else remaining, self._max_deadline
+        )
         caller = self._identifier.identify(context)
         return RequestContext(
             request_id=request_id or os.urandom(16).hex(),
@@ -478,7 +517,10 @@ async def _abort(context: grpc.aio.ServicerContext, err: ServiceError, ctx: Requ
         and err.code != grpc.StatusCode.PERMISSION_DENIED
     ):
         err.metadata["keyArn"] = ctx.key_arn
-    await context.abort_with_status(rpc_status.to_status(to_status(err, request_id=ctx.request_id)))
+    status = to_status(err, request_id=ctx.request_id)
+    if err.violations_left_out:
+        metrics.child(metrics.findings_truncated_total, "status").inc()
+    await context.abort_with_status(rpc_status.to_status(status))
 
 
 def _bad_field(field: str, message: str, reason: str) -> InvalidArgument:

@@ -6,6 +6,12 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kms_policy_service.audit import (
+    DEFAULT_REFUSAL_CALLERS,
+    DEFAULT_REFUSAL_RATE,
+    DEFAULT_REFUSAL_TOTAL_RATE,
+    DEFAULT_UNAUTHORIZED_POLICY_BYTES,
+)
 from kms_policy_service.ratelimit.gcra import Rate
 from kms_policy_service.ratelimit.limiter import DEFAULT_KEY_WRITE_RATE, DEFAULT_OPERATION_RATES
 
@@ -30,6 +36,15 @@ DEFAULT_MAX_QUEUE_WAIT_SECONDS = 2.0
 DEFAULT_MAX_CONCURRENCY = 64  # KMS calls in flight; matches the connection pool
 DEFAULT_MAX_WAITERS = 256  # calls queued for a token or a connection, beyond which we shed
 DEFAULT_MAX_CONCURRENT_RPCS = 1024  # RPCs gRPC accepts at once before answering RESOURCE_EXHAUSTED
+DEFAULT_MAX_RPCS_PER_CALLER = 128  # of --max-concurrent-rpcs, so one caller never holds them all
+DEFAULT_REQUEST_RECEIVE_TIMEOUT_SECONDS = 5.0  # for a request message to arrive after its headers
+DEFAULT_CALLER_REFUSAL_RATE = Rate(10, 50)  # refused RPCs per caller before it is refused outright
+DEFAULT_MAX_DEADLINE_SECONDS = 30.0  # longer caller deadlines are cut to this
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+DEFAULT_MAX_CONNECTION_IDLE_SECONDS = 300.0
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1800.0  # then GOAWAY; clients reconnect transparently
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 35.0  # > --max-deadline: calls in progress finish
+DEFAULT_MAX_FINDINGS = 100  # per ValidateKeyPolicy answer, then one TOO_MANY_FINDINGS
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
 DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
 DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
@@ -76,6 +91,16 @@ class Settings:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_waiters: int = DEFAULT_MAX_WAITERS
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_rpcs_per_caller: int = DEFAULT_MAX_RPCS_PER_CALLER
+    max_findings: int = DEFAULT_MAX_FINDINGS
+    request_receive_timeout: float = DEFAULT_REQUEST_RECEIVE_TIMEOUT_SECONDS
+    caller_rpc_rate_limit: Rate | None = None
+    caller_refusal_rate_limit: Rate | None = DEFAULT_CALLER_REFUSAL_RATE
+    max_deadline: float = DEFAULT_MAX_DEADLINE_SECONDS
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE_SECONDS
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
     rate_limit_backend: str | None = None  # redis://HOST:PORT/DB; None: in memory
     rate_limit_fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
     read_cache_ttl: float = 0.0  # seconds; 0: off
@@ -88,6 +113,10 @@ class Settings:
     authz_reload_interval: float = DEFAULT_AUTHZ_RELOAD_SECONDS
     audit_log: str | None = None  # a path, or "-" for stdout
     audit_omit_policies: bool = False
+    audit_refusal_rate: Rate | None = DEFAULT_REFUSAL_RATE  # refused-attempt records per caller
+    audit_refusal_total_rate: Rate | None = DEFAULT_REFUSAL_TOTAL_RATE  # ... from all callers
+    audit_refusal_callers: int = DEFAULT_REFUSAL_CALLERS  # per-caller buckets kept (LRU)
+    audit_unauthorized_policy_bytes: int = DEFAULT_UNAUTHORIZED_POLICY_BYTES
     metrics_listen: str | None = None  # HOST:PORT for /metrics; None: off
     health_listen: str | None = None  # HOST:PORT serving only grpc.health.v1
     kms_canary_key: str | None = None
@@ -108,6 +137,10 @@ class Settings:
             "default_deadline",
             "retry_base",
             "retry_cap",
+            "request_receive_timeout",
+            "max_deadline",
+            "max_connection_idle",
+            "max_connection_age",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
@@ -127,6 +160,16 @@ class Settings:
             raise SettingsError(
                 "max_concurrency and max_concurrent_rpcs must be >= 1, max_waiters >= 0"
             )
+        if self.max_findings < 1:
+            raise SettingsError("max_findings must be >= 1")
+        if self.max_rpcs_per_caller < 1:
+            raise SettingsError("max_rpcs_per_caller must be >= 1")
+        if self.max_streams_per_connection < 1 or self.max_connection_age_grace < 0:
+            raise SettingsError(
+                "max_streams_per_connection must be >= 1, max_connection_age_grace >= 0"
+            )
+        if self.default_deadline > self.max_deadline:
+            raise SettingsError("default_deadline must not exceed max_deadline")
         if not 0 < self.rate_limit_fallback_fraction <= 1:
             raise SettingsError("rate_limit_fallback_fraction must be in (0, 1]")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -144,6 +187,10 @@ class Settings:
                     f"--listen {self.listen} is not loopback: it needs --authz-policy "
                     "(or --insecure, which allows every caller everything)"
                 )
+        if self.audit_refusal_callers < 1 or self.audit_unauthorized_policy_bytes < 0:
+            raise SettingsError(
+                "audit_refusal_callers must be >= 1, audit_unauthorized_policy_bytes >= 0"
+            )
         if self.authz_reload_interval <= 0 or self.kms_canary_interval <= 0:
             raise SettingsError("authz_reload_interval and kms_canary_interval must be positive")
         for name in ("metrics_listen", "health_listen"):
