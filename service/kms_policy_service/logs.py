@@ -4,7 +4,10 @@ Log records and access records go onto one queue; a background thread formats
 and writes them, so a request never waits on a log write. Access records (one
 per RPC) skip the logging module's per-record machinery: they are plain dicts
 under the logger name `kms_policy_service.access`, enabled at INFO.
-Credentials are never logged.
+Credentials are never logged. In text format every control character (C0, DEL,
+C1, U+2028/2029) and backslash in a logged value is escaped, values with spaces or
+quotes are quoted, and the continuation lines of a traceback are indented, so no
+caller-controlled value can forge a line or a field; JSON escapes them anyway.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import json.encoder
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -30,6 +34,51 @@ def _timestamp(created: float) -> str:
         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
         + f".{int(created % 1 * 1000):03d}Z"
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    return _SHORT_ESCAPES.get(ch) or (
+        f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+    )
+
+
+def escape_text(value: object) -> str:
+    """`value` on one line: control characters and backslashes as escapes."""
+    return _CONTROL.sub(_escape_char, str(value))
+
+
+def text_field(value: object) -> str:
+    """A `key=value` value for text logs: escaped, and quoted if it holds a space or
+    quote, so a caller's value can neither end the line nor pose as another field."""
+    text = escape_text(value)
+    if " " in text or '"' in text:
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, the message escaped onto one line; a traceback
+    follows on lines indented so that none can be taken for a record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_text(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        extra = record.exc_text or (
+            self.formatException(record.exc_info) if record.exc_info else ""
+        )
+        for block in (extra, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                line += "".join("\n    " + escape_text(part) for part in block.splitlines() if part)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,22 +112,22 @@ class _Writer(threading.Thread):
         )
         self._stream = stream
         self._json = fmt == "json"
-        self._formatter: logging.Formatter = (
-            JsonFormatter()
-            if self._json
-            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        self._formatter: logging.Formatter = JsonFormatter() if self._json else TextFormatter()
 
     def _line(self, created: float, item: logging.LogRecord | dict[str, Any]) -> str:
         if isinstance(item, logging.LogRecord):
             return self._formatter.format(item)
         if self._json:
             return _access_json(created, item)
-        return (
-            f"{_timestamp(created)} access {item['method']} {item['code']} "
-            f"{item['duration_ms']}ms caller={item['caller']} key={item['key_arn']} "
-            f"request_id={item['request_id']}"
+        line = (
+            f"{_timestamp(created)} access {text_field(item['method'])} {item['code']} "
+            f"{item['duration_ms']}ms caller={text_field(item['caller'])} "
+            f"key={text_field(item['key_arn'])} request_id={text_field(item['request_id'])} "
+            f"peer={text_field(item.get('peer', ''))}"
         )
+        if item.get("reason"):
+            line += f" reason={text_field(item['reason'])}"
+        return line
 
     def run(self) -> None:
         while True:

@@ -28,7 +28,7 @@ def pki(tmp_path: Path) -> dict[str, Any]:
         "kms-policy", dns=("localhost",), ips=("127.0.0.1",), server=True
     ).write(tmp_path, "server")
     (tmp_path / "authz.yaml").write_text(
-        f"rules:\n  - callers: ['{API}', 'dns-only.payments', 'cn-only']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
+        f"rules:\n  - callers: ['{API}', 'dns-only.payments', 'cn:cn-only']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
     )
     return {
         "ca": ca,
@@ -60,16 +60,20 @@ def channel(server: Server, ca: CertAuthority, client: Pair | None) -> grpc.aio.
 
 
 @pytest.mark.parametrize(
-    "client_names",
+    ("client_names", "identity"),
     [
-        {"uris": (API,), "dns": ("also.dns",)},
-        {"dns": ("dns-only.payments", "second.dns")},
-        {},
+        ({"uris": (API,), "dns": ("also.dns",)}, API),
+        ({"dns": ("dns-only.payments", "second.dns")}, "dns-only.payments"),
+        ({}, "cn:cn-only"),  # a CN is named `cn:<CN>`, apart from SPIFFE IDs and DNS names
     ],
     ids=["spiffe", "dns", "cn"],
 )
 async def test_a_client_certificate_identifies_the_caller(
-    tls_server: Server, pki: dict[str, Any], key: dict[str, Any], client_names: dict[str, Any]
+    tls_server: Server,
+    pki: dict[str, Any],
+    key: dict[str, Any],
+    client_names: dict[str, Any],
+    identity: str,
 ) -> None:
     client = pki["ca"].issue("cn-only", **client_names)
     async with channel(tls_server, pki["ca"], client) as ch:
@@ -82,6 +86,7 @@ async def test_a_client_certificate_identifies_the_caller(
                 pb.ListKeyPoliciesRequest(key_id=key["Arn"])
             )
         assert details_of(caught.value).reason == "CALLER_NOT_AUTHORIZED"
+        assert details_of(caught.value).error_info.metadata["caller"] == identity
 
 
 async def test_a_client_without_a_certificate_is_refused_by_tls(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,20 @@ class CertAuthority:
         uris: tuple[str, ...] = (),
         ips: tuple[str, ...] = (),
         server: bool = False,
+        validate_names: bool = True,
     ) -> Pair:
+        """A certificate signed by this CA. `validate_names=False` lets the CN break
+        X.509's length limit (64), as a careless or hostile CA's might."""
         key = _key()
+        with warnings.catch_warnings():  # the unvalidated name is the point
+            warnings.simplefilter("ignore", UserWarning)
+            subject = x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, common_name, _validate=validate_names)]
+            )
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
