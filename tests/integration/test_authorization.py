@@ -118,7 +118,8 @@ MATRIX = [
     # nobody else
     (STRANGER, "Get", "alias/payments-a", DENIED),
     (STRANGER, "Get", MISSING_ARN, DENIED),
-    ("", "Get", "alias/payments-a", DENIED),  # the loopback caller "local" has no rule
+    # from the trusted proxy without an XFCC header: nobody (never the loopback `local`)
+    ("", "Get", "alias/payments-a", grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 
