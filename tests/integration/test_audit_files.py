@@ -1,0 +1,116 @@
+"""The audit file through the real server: it follows rotation and deletion, a torn last
+line never corrupts the next record, and no record content can stop a record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from tests.conftest import ACCOUNT, RunningService, policy_for
+
+TORN = '{"time":"2024-01-01T00:00:00.000Z","phase":"intent","previous_policy":"{\\"Ver'
+
+
+def decrypt_for(sid: str) -> dict[str, Any]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"AWS": ACCOUNT},
+        "Action": "kms:Decrypt",
+        "Resource": "*",
+    }
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "audit.log"
+
+
+@pytest.fixture
+def settings_overrides(audit_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if getattr(request, "param", None) == "TORN":  # what a SIGKILL mid-write leaves
+        audit_path.parent.mkdir(parents=True)
+        audit_path.write_text('{"phase":"outcome"}\n' + TORN)
+    return {"audit_log": str(audit_path), "key_write_rate_limit": None}
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def put(service: RunningService, key: dict[str, Any], sid: str = "AppDecrypt") -> None:
+    await service.stub.PutKeyPolicy(
+        pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[decrypt_for(sid)]))
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_after_the_audit_file_is_deleted_the_next_put_is_recorded_at_the_path(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    await put(service, key, "First")
+    audit_path.unlink()
+    await put(service, key, "Second")
+    assert [r["phase"] for r in records(audit_path)] == ["intent", "outcome"]
+    assert all(r["changes"]["added"] == ["Second"] for r in records(audit_path))
+
+
+async def test_after_a_logrotate_rename_the_next_put_is_recorded_at_the_path(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    await put(service, key, "First")
+    rotated = audit_path.with_name("audit.log.1")
+    audit_path.rename(rotated)
+    await put(service, key, "Second")
+    assert [r["changes"]["added"] for r in records(rotated)] == [["First"], ["First"]]
+    assert [r["changes"]["added"] for r in records(audit_path)] == [["Second"], ["Second"]]
+
+
+async def test_a_reload_after_rotation_creates_the_file_at_the_path_at_once(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    await put(service, key, "First")
+    audit_path.rename(audit_path.with_name("audit.log.1"))
+    service.server.reload()  # what SIGHUP calls
+    await wait_for(audit_path.exists)
+    await put(service, key, "Second")
+    assert [r["phase"] for r in records(audit_path)] == ["intent", "outcome"]
+
+
+@pytest.mark.parametrize("settings_overrides", ["TORN"], indirect=True)
+async def test_a_torn_line_left_by_a_killed_process_does_not_corrupt_the_next_put(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    await put(service, key)
+    lines = audit_path.read_text().splitlines()
+    assert lines[:2] == ['{"phase":"outcome"}', TORN]
+    intent, outcome = (json.loads(line) for line in lines[2:])
+    assert intent["phase"] == "intent" and intent["torn_record_before"] is True
+    assert "previous_policy" in intent
+    assert outcome["phase"] == "outcome" and "torn_record_before" not in outcome
+
+
+async def test_a_line_torn_while_the_service_runs_does_not_corrupt_the_next_put(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    await put(service, key, "First")
+    with audit_path.open("a") as f:  # a record cut short by a full disk
+        f.write(TORN)
+    await put(service, key, "Second")
+    lines = audit_path.read_text().splitlines()
+    assert lines[2] == TORN
+    after = [json.loads(line) for line in lines[3:]]
+    assert [r["phase"] for r in after] == ["intent", "outcome"]
+    assert after[0]["torn_record_before"] is True and after[0]["changes"]["added"] == ["Second"]
