@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class _AuditFile:
         self.path = path
         self._fd: int | None = None
         self._readable = False
+        self._regular = False  # a regular file (not a pipe or device): has a tail, can fsync
         self._torn = False  # the next record must say a torn record precedes it
         self._unterminated = False  # our own last write stopped mid-line
         self.reopen_requested = False
@@ -131,6 +133,7 @@ class _AuditFile:
             self._fd, self._readable = os.open(self.path, flags | os.O_RDWR, 0o666), True
         except PermissionError:
             self._fd, self._readable = os.open(self.path, flags | os.O_WRONLY, 0o666), False
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._torn = self._unterminated = False  # they were about the file we left
         self.reopen_requested = False
         if cause:
@@ -180,7 +183,7 @@ class _AuditFile:
         self._torn = False
 
     def _needs_newline(self) -> bool:
-        if self._fd is None or not self._readable:
+        if self._fd is None or not self._readable or not self._regular:
             return self._unterminated
         size = os.fstat(self._fd).st_size
         return size > 0 and os.pread(self._fd, _TAIL_PROBE, size - _TAIL_PROBE) != b"\n"
@@ -201,7 +204,8 @@ class _AuditFile:
                 raise
             view = view[written:]
         self._unterminated = False
-        os.fsync(self._fd)
+        if self._regular:  # fsync fails on pipes (--audit-log /dev/stdout)
+            os.fsync(self._fd)
 
 
 @dataclass

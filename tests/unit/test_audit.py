@@ -158,6 +158,13 @@ async def test_a_file_ending_in_a_newline_gets_no_torn_mark(tmp_path: Path) -> N
     assert [("torn_record_before" in r) for r in lines_of(path)] == [False, False]
 
 
+async def test_a_device_or_pipe_path_is_written_without_fsync_or_tail_check() -> None:
+    log = AuditLog("/dev/null")
+    await log.record({"n": 1}, durable=True)
+    await log.record({"n": 2}, durable=True)
+    assert log.error is None
+
+
 # -- content never stops a record -----------------------------------------------
 
 
