@@ -175,7 +175,9 @@ class _AuditFile:
             self._torn = True
             metrics.audit_torn_lines_total.inc()
             log.warning("audit log %s ends in a torn record; it is terminated", self.path)
-        first = {"torn_record_before": True, **entries[0]} if self._torn else entries[0]
+        first = entries[0]
+        if self._torn:  # right after the time, where a reader of the line sees it first
+            first = {"time": first.get("time"), "torn_record_before": True, **first}
         data = (b"\n" if newline else b"") + b"".join(
             encode_record(e) for e in (first, *entries[1:])
         )
