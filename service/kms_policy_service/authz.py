@@ -15,7 +15,6 @@ rules and logs why.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from kms_policy_service import metrics
+from kms_policy_service.validation.wildcards import WildcardTexts
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,15 @@ class Rule:
     keys: tuple[str, ...]
 
     def covers(self, caller: str, action: str) -> bool:
-        return ("*" in self.actions or action in self.actions) and any(
-            fnmatch.fnmatchcase(caller, pattern) for pattern in self.callers
-        )
+        if "*" not in self.actions and action not in self.actions:
+            return False
+        subject = WildcardTexts((caller,))
+        return any(subject.any_match(pattern) for pattern in self.callers)
 
     def allows_key(self, names: Iterable[str]) -> bool:
-        return any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in self.keys)
+        # The caller names the key: nothing it sends is compiled or cached (see wildcards).
+        texts = WildcardTexts(names)
+        return any(texts.any_match(pattern) for pattern in self.keys)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ IAM User Guide, "IAM JSON policy element reference"; the botocore model
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kms_policy_service.validation.findings import Finding
+from kms_policy_service.validation.wildcards import WildcardTexts
 
 MAX_POLICY_BYTES = 32_768  # KMS quota "Key policy document size", cannot be raised
 MAX_DEPTH = 16  # a key policy nests 5 levels (Statement[i].Condition.Op.Key[j]); allow slack
@@ -25,6 +25,8 @@ CURRENT_VERSION = "2012-10-17"
 
 # botocore model, PolicyType: [\u0009\u000A\u000D\u0020-\u00FF]+
 _BAD_CHAR = re.compile(r"[^\t\n\r\x20-\xff]")
+# What json.loads leaves of a \uD800-\uDFFF escape that is not half of a pair.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TOP_LEVEL = frozenset({"Version", "Id", "Statement"})
 _STATEMENT_KEYS = frozenset(
     {
@@ -44,8 +46,11 @@ _PRINCIPAL_TYPES = frozenset({"AWS", "Service", "Federated"})
 _PARTITION = r"aws|aws-cn|aws-us-gov"
 _ACCOUNT = re.compile(r"\d{12}")
 _IAM_PRINCIPAL = re.compile(
-    rf"arn:(?:{_PARTITION}):iam::\d{{12}}:(?:root|(?:user|role|group)(?:/[\w+=,.@-]+)+)"
+    rf"arn:(?:{_PARTITION}):iam::\d{{12}}:(?:root|(?:user|role)(?:/[\w+=,.@-]+)+)"
 )
+# KMS Developer Guide, "Key policies" (Principal): an IAM user group is not a valid
+# principal in any policy, so a statement naming one can never be written.
+_IAM_GROUP = re.compile(rf"arn:(?:{_PARTITION}):iam::\d{{12}}:group/.*", re.DOTALL)
 _STS_PRINCIPAL = re.compile(
     rf"arn:(?:{_PARTITION}):sts::\d{{12}}:(?:assumed-role/[\w+=,.@-]+/[\w+=,.@-]+|federated-user/[\w+=,.@-]+)"
 )
@@ -153,6 +158,7 @@ KMS_ACTIONS = [
     "VerifyMac",
 ]
 _KMS_ACTIONS_LOWER = tuple(f"kms:{a}".lower() for a in KMS_ACTIONS)
+_KMS_ACTION_TEXTS = WildcardTexts(_KMS_ACTIONS_LOWER, ignore_case=True)
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,9 @@ def parse_policy(text: str) -> ParsedPolicy:
         )
     if _depth(document) > MAX_DEPTH:
         return ParsedPolicy(text, None, (_too_deep(),))
+    unpaired = list(_unpaired_surrogates(document))
+    if unpaired:
+        return ParsedPolicy(text, None, tuple(unpaired))
     findings = list(_walk_duplicates(document, ""))
     findings.extend(_check_document(document))
     return ParsedPolicy(text, document, tuple(findings))
@@ -282,6 +291,44 @@ def _depth(value: Any) -> int:
             return deepest
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def _unpaired_surrogates(document: Any) -> Iterator[Finding]:
+    """INVALID_CHARACTER for every key or string holding an unpaired surrogate escape.
+
+    The text is plain ASCII, so check_text passed it, but such an escape encodes no
+    character: KMS's character rule cannot accept it, and nothing downstream (UTF-8,
+    protobuf) can carry it. Iterative, like _depth.
+    """
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            items: list[tuple[Any, str]] = []
+            for key, child in node.items():
+                child_path = _join(path, key)
+                if bad := _first_surrogate(key):
+                    yield _surrogate_finding(child_path, "key", bad)
+                items.append((child, child_path))
+            stack.extend(reversed(items))  # report in document order
+        elif isinstance(node, list):
+            stack.extend(reversed([(c, _join(path, i)) for i, c in enumerate(node)]))
+        elif isinstance(node, str) and (bad := _first_surrogate(node)):
+            yield _surrogate_finding(path, "string", bad)
+
+
+def _first_surrogate(text: str) -> re.Match[str] | None:
+    return None if text.isascii() else _SURROGATE.search(text)
+
+
+def _surrogate_finding(path: str, what: str, bad: re.Match[str]) -> Finding:
+    return Finding.error(
+        "INVALID_CHARACTER",
+        path,
+        f"the {what} holds \\u{ord(bad.group()):04x} at character {bad.start()}: an unpaired "
+        "UTF-16 surrogate escape (half a pair) encodes no character; KMS accepts only tab, "
+        "LF, CR and U+0020 to U+00FF",
+    )
 
 
 def _too_deep() -> Finding:
@@ -458,7 +505,15 @@ def _check_principal(value: Any, path: str) -> Iterator[Finding]:
                 yield item
                 continue
             item_path, principal = item
-            if not _principal_ok(kind, principal):
+            if kind == "AWS" and _IAM_GROUP.fullmatch(principal):
+                yield Finding.error(
+                    "INVALID_PRINCIPAL",
+                    item_path,
+                    f"{principal!r} is an IAM group, and groups are not principals: no policy "
+                    "can name one; name its users or roles, or use the account and the "
+                    "group's IAM policy",
+                )
+            elif not _principal_ok(kind, principal):
                 yield Finding.error(
                     "INVALID_PRINCIPAL", item_path, f"{principal!r} is not a valid {kind} principal"
                 )
@@ -475,11 +530,6 @@ def _principal_ok(kind: str, principal: str) -> bool:
     if kind == "Service":
         return principal == "*" or bool(_SERVICE_PRINCIPAL.fullmatch(principal))
     return bool(_FEDERATED_PRINCIPAL.fullmatch(principal))
-
-
-def action_matches(pattern: str, action: str) -> bool:
-    """IAM action matching: case-insensitive, * and ? wildcards."""
-    return fnmatch.fnmatchcase(action.lower(), pattern.lower())
 
 
 def _check_actions(value: Any, path: str, *, negated: bool) -> Iterator[Finding]:
@@ -503,7 +553,7 @@ def _check_actions(value: Any, path: str, *, negated: bool) -> Iterator[Finding]
                 f"{action!r} is not a KMS action: use kms:<Action> (wildcards allowed) or *",
             )
             continue
-        matched = [a for a in _KMS_ACTIONS_LOWER if fnmatch.fnmatchcase(a, action.lower())]
+        matched = _KMS_ACTION_TEXTS.matching(action)
         if not matched:
             yield Finding.error(
                 "UNKNOWN_ACTION",
@@ -652,6 +702,7 @@ def _warn_broad_allow(s: dict[str, Any], path: str) -> Iterator[Finding]:
 
 def key_resource_findings(doc: dict[str, Any], key_arn: str) -> Iterator[Finding]:
     """Resources that name another key than `key_arn` can never take effect."""
+    key = WildcardTexts((key_arn,))  # ARNs match case-sensitively
     for path, s in iter_statements(doc):
         resources = s.get("Resource")
         if resources is None:
@@ -660,7 +711,7 @@ def key_resource_findings(doc: dict[str, Any], key_arn: str) -> Iterator[Finding
         patterns = [r for r in items if isinstance(r, str)]
         if (
             patterns
-            and not any(r == "*" or fnmatch.fnmatchcase(key_arn, r) for r in patterns)
+            and not any(r == "*" or key.any_match(r) for r in patterns)
             and all(r == "*" or _KEY_RESOURCE_ANY.fullmatch(r) for r in patterns)
         ):
             yield Finding.error(

@@ -9,16 +9,17 @@ principals count; the account (root or bare ID) counts as in KMS.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kms_policy_service.validation.document import action_matches, as_list, iter_statements
+from kms_policy_service.validation.document import as_list, iter_statements
 from kms_policy_service.validation.findings import Finding
+from kms_policy_service.validation.wildcards import WildcardTexts, wildcard_match
 
 PUT_KEY_POLICY = "kms:PutKeyPolicy"
+_PUT_KEY_POLICY = WildcardTexts((PUT_KEY_POLICY,), ignore_case=True)
 
 _ASSUMED_ROLE = re.compile(
     r"arn:(?P<partition>[\w-]+):sts::(?P<account>\d{12}):assumed-role/(?P<role>[^/]+)/(?P<session>.+)"
@@ -91,7 +92,7 @@ def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -
 
 def _action_applies(statement: dict[str, Any]) -> bool:
     def hit(value: Any) -> bool:
-        return any(isinstance(a, str) and action_matches(a, PUT_KEY_POLICY) for a in as_list(value))
+        return any(isinstance(a, str) and _PUT_KEY_POLICY.any_match(a) for a in as_list(value))
 
     if "Action" in statement:
         return hit(statement["Action"])
@@ -108,7 +109,7 @@ def _resource_applies(statement: dict[str, Any], key_arn: str | None, *, assume:
     def names_key(value: Any, *, unknown: bool) -> bool:
         return any(
             isinstance(r, str)
-            and (r == "*" or (unknown if key_arn is None else fnmatch.fnmatchcase(key_arn, r)))
+            and (r == "*" or (unknown if key_arn is None else wildcard_match(r, key_arn)))
             for r in as_list(value)
         )
 
