@@ -9,9 +9,15 @@ from typing import Any
 
 from kms_policy_service.validation.document import canonical_json
 
+# A policy read back from KMS may hold an unpaired surrogate escape (\ud800) that
+# another tool stored: strict UTF-8 cannot encode what json.loads makes of it, and a key
+# without an etag could never be updated through the service. "surrogatepass" gives
+# such text a stable encoding and leaves every other text's bytes (and etag) unchanged.
+_ENCODING_ERRORS = "surrogatepass"
+
 
 def etag_of_document(document: Any) -> str:
-    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(document).encode("utf-8", _ENCODING_ERRORS)).hexdigest()
 
 
 @functools.lru_cache(maxsize=128)  # hot keys are read again and again; bounded memory
@@ -20,5 +26,5 @@ def policy_etag(text: str) -> str:
     try:
         document = json.loads(text)
     except ValueError:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return hashlib.sha256(text.encode("utf-8", _ENCODING_ERRORS)).hexdigest()
     return etag_of_document(document)

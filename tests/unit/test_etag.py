@@ -24,3 +24,17 @@ def test_a_real_change_changes_the_etag() -> None:
 
 def test_text_that_is_not_json_hashes_as_is() -> None:
     assert policy_etag("not json") == hashlib.sha256(b"not json").hexdigest()
+
+
+def test_a_policy_holding_an_unpaired_surrogate_escape_still_has_an_etag() -> None:
+    # Stored by another tool, read back from KMS: the service must still be able to manage it.
+    text = '{"Version": "2012-10-17", "Statement": [{"Sid": "x\\ud800"}]}'
+    assert text.isascii()
+    etag = policy_etag(text)
+    assert len(etag) == 64
+    assert etag == policy_etag(json.dumps(json.loads(text), indent=2))
+    assert etag != policy_etag('{"Version": "2012-10-17", "Statement": [{"Sid": "x\\ud801"}]}')
+
+
+def test_a_raw_surrogate_in_text_that_is_not_json_still_hashes() -> None:
+    assert len(policy_etag("not json \ud800")) == 64

@@ -14,12 +14,30 @@ class Severity(enum.Enum):
     WARNING = 2  # accepted, but risky or unusual
 
 
+def encodable(text: str) -> str:
+    """`text` with any lone UTF-16 surrogate spelled as its escape (`\\ud800`).
+
+    JSON can carry such escapes, but protobuf, UTF-8 and so every reply, trailer
+    and log line refuse them; a finding quoting a caller's text must never hold one.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(frozen=True)
 class Finding:
     severity: Severity
     code: str
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Paths name JSON keys and messages quote values: both are the caller's text.
+        object.__setattr__(self, "path", encodable(self.path))
+        object.__setattr__(self, "message", encodable(self.message))
 
     @classmethod
     def error(cls, code: str, path: str, message: str) -> Finding:

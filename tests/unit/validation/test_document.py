@@ -108,6 +108,24 @@ def test_the_seed_example_policy_is_clean() -> None:
             [("INVALID_PRINCIPAL", "Statement[0].Principal.AWS[1]")],
         ),
         (
+            doc(statement(Principal={"AWS": "arn:aws:iam::111122223333:group/admins"})),
+            [("INVALID_PRINCIPAL", "Statement[0].Principal.AWS")],
+        ),
+        (
+            doc(statement(Principal={"AWS": [ROOT, "arn:aws-cn:iam::111122223333:group/a/b"]})),
+            [("INVALID_PRINCIPAL", "Statement[0].Principal.AWS[1]")],
+        ),
+        (
+            doc(
+                statement(
+                    Effect="Deny",
+                    Principal=None,
+                    NotPrincipal={"AWS": "arn:aws:iam::111122223333:group/admins"},
+                )
+            ),
+            [("INVALID_PRINCIPAL", "Statement[0].NotPrincipal.AWS")],
+        ),
+        (
             doc(statement(Principal={"User": ROOT})),
             [("INVALID_PRINCIPAL", "Statement[0].Principal.User")],
         ),
@@ -236,3 +254,44 @@ def test_a_resource_naming_another_key_never_matches_this_key() -> None:
         list(key_resource_findings(parsed.document, "arn:aws:kms:us-east-1:111122223333:key/other"))
         == []
     )
+
+
+def test_an_iam_group_is_refused_saying_groups_are_not_principals() -> None:
+    text = doc(statement(Principal={"AWS": "arn:aws:iam::111122223333:group/admins"}))
+    (finding,) = [f for f in parse_policy(text).findings if f.severity is Severity.ERROR]
+    assert finding.code == "INVALID_PRINCIPAL"
+    assert "groups are not principals" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (doc(statement(Sid="a\ud800")), [("INVALID_CHARACTER", "Statement[0].Sid")]),
+        (doc(statement(Sid="\udc00")), [("INVALID_CHARACTER", "Statement[0].Sid")]),
+        (
+            doc(statement(Action=["kms:Decrypt", "kms:\ud800"])),
+            [("INVALID_CHARACTER", "Statement[0].Action[1]")],
+        ),
+        (
+            doc(statement(Condition={"StringEquals": {"kms:CallerAccount": "\ud800"}})),
+            [("INVALID_CHARACTER", "Statement[0].Condition.StringEquals.kms:CallerAccount")],
+        ),
+        (doc(statement(**{"\ud800": 1})), [("INVALID_CHARACTER", "Statement[0].\\ud800")]),
+        (doc(Id="\ud800"), [("INVALID_CHARACTER", "Id")]),
+    ],
+)
+def test_an_unpaired_surrogate_escape_is_an_invalid_character(
+    document: str, expected: list[tuple[str, str]]
+) -> None:
+    text = json.dumps(json.loads(document))  # plain ASCII: the surrogate is an escape
+    assert text.isascii() and "\\ud" in text
+    parsed = parse_policy(text)
+    assert [(f.code, f.path) for f in parsed.findings] == expected
+    assert parsed.document is None
+    assert all(f.message.isascii() and f.path.isascii() for f in parsed.findings)
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_no_finding() -> None:
+    text = json.dumps({"Version": "2012-10-17", "Statement": [statement(Sid="\U0001f600")]})
+    assert "\\ud83d\\ude00" in text
+    assert errors(text) == []
