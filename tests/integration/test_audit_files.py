@@ -114,3 +114,15 @@ async def test_a_line_torn_while_the_service_runs_does_not_corrupt_the_next_put(
     after = [json.loads(line) for line in lines[3:]]
     assert [r["phase"] for r in after] == ["intent", "outcome"]
     assert after[0]["torn_record_before"] is True and after[0]["changes"]["added"] == ["Second"]
+
+
+async def test_a_lone_surrogate_in_the_previous_policy_is_recorded_in_the_intent(
+    service: RunningService, kms: Any, key: dict[str, Any], audit_path: Path
+) -> None:
+    # Stored by another tool: the escape decodes to a lone surrogate in the change summary.
+    stored = policy_for(extra=[decrypt_for("Old")]).replace('"Old"', '"\\ud800"')
+    kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=stored)
+    await put(service, key)
+    intent, outcome = records(audit_path)
+    assert intent["changes"]["removed"] == ["\ud800"] and intent["previous_policy"] == stored
+    assert outcome["outcome"] == "OK"
