@@ -215,6 +215,91 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
             "an operator must grant it (see deploy/iam-policy.json)",
         ),
     ),
+    # Common Errors: NotAuthorized, "You do not have permission to perform this action."
+    # As AccessDeniedException: the service's own role, named in KMS's text, so our own.
+    "NotAuthorized": (
+        KmsErrorRule(
+            PermissionDenied,
+            "KMS_ACCESS_DENIED",
+            False,
+            message="KMS denied the service's own AWS role this operation; "
+            "an operator must grant it (see deploy/iam-policy.json)",
+        ),
+    ),
+    # Common Errors: RequestExpired, "The request reached the service more than 15 minutes
+    # after the date stamp on the request ... or the date stamp on the request is more
+    # than 15 minutes in the future." Every request is signed with this host's clock, so
+    # it is the operator's to fix (time sync) and a retry cannot help until then.
+    "RequestExpired": (
+        KmsErrorRule(
+            Unavailable,
+            "KMS_CLOCK_SKEW",
+            False,
+            message="KMS refused the request as signed more than 15 minutes from its own "
+            "time: this host's clock is wrong; an operator must fix its time sync",
+            retry_after=5.0,
+        ),
+    ),
+    # Common Errors: OptInRequired, "The AWS access key ID needs a subscription for the
+    # service" (an opt-in Region not enabled for the account). UNAVAILABLE, like
+    # credentials, rather than FAILED_PRECONDITION: nothing in the caller's request or
+    # key state is wrong, nothing the caller does fixes it, and once an operator opts
+    # the account in the same request succeeds unchanged.
+    "OptInRequired": (
+        KmsErrorRule(
+            Unavailable,
+            "KMS_OPT_IN_REQUIRED",
+            False,
+            message="the service's AWS account is not opted in to KMS in this Region; "
+            "an operator must enable the Region for the account",
+            retry_after=5.0,
+        ),
+    ),
+    # Common Errors: InvalidAction ("The action or operation requested is invalid"),
+    # UnknownOperationException (the same, JSON protocols). The service calls only
+    # operations every KMS Region has had since 2014, so the endpoint answering is not
+    # KMS (or an emulator without them): --kms-endpoint-url is the operator's to fix.
+    **{
+        code: (
+            KmsErrorRule(
+                Unavailable,
+                "KMS_ENDPOINT_MISCONFIGURED",
+                False,
+                message="the configured KMS endpoint does not know this operation; "
+                "an operator must check the KMS endpoint URL",
+                retry_after=5.0,
+            ),
+        )
+        for code in ("InvalidAction", "UnknownOperationException")
+    },
+    # Common Errors: ValidationError, "The input fails to satisfy the constraints
+    # specified by an AWS service", and InvalidParameterValue, "An invalid or
+    # out-of-range value was supplied for the input parameter": the values are the
+    # caller's key ID and policy, passed on after our own checks, as ValidationException.
+    "ValidationError": (KmsErrorRule(InvalidArgument, "KMS_VALIDATION", False),),
+    "InvalidParameterValue": (KmsErrorRule(InvalidArgument, "KMS_VALIDATION", False),),
+    # Common Errors: MissingParameter ("A required parameter for the specified action is
+    # not supplied"), InvalidParameterCombination ("Parameters that must not be used
+    # together were used together"), MissingAction, InvalidQueryParameter and
+    # MalformedQueryString (a malformed STS query), MalformedHttpRequestException (a body
+    # KMS cannot read). Which parameters are sent, and how, is ours alone (botocore's
+    # model, our code): a bug, so INTERNAL, logged with detail, generic to the caller.
+    **{
+        code: (KmsErrorRule(Internal, "INTERNAL", False, message="internal error"),)
+        for code in (
+            "MissingParameter",
+            "InvalidParameterCombination",
+            "MissingAction",
+            "InvalidQueryParameter",
+            "MalformedQueryString",
+            "MalformedHttpRequestException",
+        )
+    },
+    # Common Errors: RequestTimeoutException, "Reading the request timed out" (408): the
+    # request did not reach KMS whole, like a dropped connection; it can be retried.
+    "RequestTimeoutException": (
+        KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
+    ),
     # Common Errors: "The request was denied due to request throttling."
     "ThrottlingException": (
         KmsErrorRule(ResourceExhausted, "KMS_THROTTLED", True, retry_after=1.0),
@@ -250,8 +335,13 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
         ),
     ),
     # The service's own credentials: never UNAUTHENTICATED, which would blame the caller.
-    # Common Errors: IncompleteSignature, InvalidClientTokenId, MissingAuthenticationToken;
-    # STS/KMS: UnrecognizedClientException, ExpiredTokenException, InvalidSignatureException.
+    # Common Errors: IncompleteSignature ("The request signature does not conform to AWS
+    # standards"), InvalidClientTokenId and UnrecognizedClientException ("The X.509
+    # certificate or AWS access key ID provided does not exist in our records"),
+    # ExpiredTokenException ("The security token included in the request is expired"),
+    # MissingAuthenticationToken; STS/KMS: InvalidSignatureException, ExpiredToken,
+    # SignatureDoesNotMatch; JSON-protocol spellings with "Exception" appended. Some
+    # arrive only in the X-Amzn-ErrorType header (kms.py reads it).
     **{
         code: (
             KmsErrorRule(
@@ -273,6 +363,8 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
             "InvalidClientTokenId",
             "MissingAuthenticationToken",
             "SignatureDoesNotMatch",
+            "IncompleteSignatureException",
+            "MissingAuthenticationTokenException",
         )
     },
 }

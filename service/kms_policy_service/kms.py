@@ -7,7 +7,7 @@ backend.KmsFailure with KMS's error code or one of errors' transport pseudo-code
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -37,8 +37,12 @@ def _translate() -> Iterator[None]:
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = error.get("Code") or (f"HTTP{status}" if status else "Unknown")
+        meta = exc.response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode")
+        code = error.get("Code") or ""
+        if not code or code == str(status):
+            code = _header_error_code(meta.get("HTTPHeaders", {})) or code
+        code = code or (f"HTTP{status}" if status else "Unknown")
         raise KmsFailure(code, error.get("Message", ""), http_status=status) from exc
     except (ConnectTimeoutError, ReadTimeoutError) as exc:
         raise KmsFailure(READ_TIMEOUT, type(exc).__name__) from exc
@@ -47,6 +51,19 @@ def _translate() -> Iterator[None]:
     except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
         # Endpoint unreachable, connection reset or dropped mid-response.
         raise KmsFailure(CONNECTION_ERROR, type(exc).__name__) from exc
+
+
+def _header_error_code(headers: Mapping[str, Any]) -> str:
+    """The code in X-Amzn-ErrorType (`Code:namespace`), or "".
+
+    botocore reads the JSON protocol's code only from the body's `__type`; without
+    one it reports the HTTP status as the code. AWS's front end names some refusals
+    it makes itself (signature, credentials, clock) in this header alone.
+    """
+    for name, value in headers.items():
+        if name.lower() == "x-amzn-errortype":
+            return str(value).split(":", 1)[0].rsplit("#", 1)[-1].strip()
+    return ""
 
 
 def client_config(settings: Settings) -> AioConfig:

@@ -165,6 +165,174 @@ async def call(
         ),
         (
             GET,
+            Rule(GET, "error", "RequestExpired", status=400),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CLOCK_SKEW",
+            1,
+            True,
+        ),
+        (
+            PUT,
+            Rule(PUT, "error", "OptInRequired", status=403),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_OPT_IN_REQUIRED",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "InvalidAction", status=400),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_ENDPOINT_MISCONFIGURED",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "UnknownOperationException", status=404),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_ENDPOINT_MISCONFIGURED",
+            1,
+            True,
+        ),
+        (
+            PUT,
+            Rule(PUT, "error", "NotAuthorized", status=400),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "KMS_ACCESS_DENIED",
+            1,
+            False,
+        ),
+        (
+            PUT,
+            Rule(PUT, "error", "ValidationError", status=400),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "KMS_VALIDATION",
+            1,
+            False,
+        ),
+        (
+            PUT,
+            Rule(PUT, "error", "InvalidParameterValue", status=400),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "KMS_VALIDATION",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MissingParameter", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "InvalidParameterCombination", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MissingAction", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "InvalidQueryParameter", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MalformedQueryString", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MalformedHttpRequestException", status=400),
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            1,
+            False,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "RequestTimeoutException", status=408),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_UNAVAILABLE",
+            3,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "IncompleteSignature", status=400),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "IncompleteSignatureException", status=400),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "InvalidClientTokenId", status=403),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MissingAuthenticationToken", status=403),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "MissingAuthenticationTokenException", status=403),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "ExpiredToken", status=400),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
+            Rule(GET, "error", "SignatureDoesNotMatch", status=403),
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            1,
+            True,
+        ),
+        (
+            GET,
             Rule(GET, "error", "BrandNewException"),
             grpc.StatusCode.INTERNAL,
             "INTERNAL",
@@ -245,3 +413,47 @@ async def test_an_aws_managed_key_is_readable_but_never_writable(
     )
     assert details.precondition_failure is not None
     assert PUT not in faults.operations()
+
+
+COMMON_ERRORS = [
+    # (code, HTTP status as the Common Errors page gives it, gRPC code, reason)
+    ("IncompleteSignature", 400, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("InvalidClientTokenId", 403, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("UnrecognizedClientException", 403, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("ExpiredTokenException", 403, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("MissingAuthenticationTokenException", 403, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("InvalidSignatureException", 400, grpc.StatusCode.UNAVAILABLE, "KMS_CREDENTIALS"),
+    ("RequestExpired", 400, grpc.StatusCode.UNAVAILABLE, "KMS_CLOCK_SKEW"),
+    ("OptInRequired", 403, grpc.StatusCode.UNAVAILABLE, "KMS_OPT_IN_REQUIRED"),
+    ("NotAuthorized", 400, grpc.StatusCode.PERMISSION_DENIED, "KMS_ACCESS_DENIED"),
+    ("AccessDeniedException", 400, grpc.StatusCode.PERMISSION_DENIED, "KMS_ACCESS_DENIED"),
+]
+
+
+@pytest.mark.parametrize(("error_code", "status", "code", "reason"), COMMON_ERRORS)
+@pytest.mark.parametrize("shape", ["header", "namespaced"])
+async def test_a_common_error_is_recognised_however_aws_names_it(
+    service: RunningService,
+    faults: KmsFaultInjector,
+    key: dict[str, Any],
+    error_code: str,
+    status: int,
+    code: grpc.StatusCode,
+    reason: str,
+    shape: str,
+) -> None:
+    # AWS's front end may name the code only in X-Amzn-ErrorType (botocore then reports
+    # the HTTP status as the code), or in `__type` with a namespace prefix.
+    await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+    faults.clear()
+    if shape == "header":
+        faults.add(Rule(GET, "error", error_code, status=status, code_in_header=True))
+    else:
+        faults.add(Rule(GET, "error", f"com.amazon.coral.service#{error_code}", status=status))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(service, GET, key)
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (code, reason)
+    assert details.error_info.metadata["kmsErrorCode"] == error_code
+    assert "injected" not in details.message  # our own sentence: KMS's could name the role
+    assert faults.operations().count(GET) == 1

@@ -31,6 +31,9 @@ class Rule:
     delay: float = 0.0
     times: int | None = None  # None: every matching request
     body: dict[str, Any] | None = None  # for "reply": a 200 answer with this JSON
+    # for "error": the code only in the X-Amzn-ErrorType header (`Code:namespace`), the
+    # body a bare message, as AWS's front end answers some requests it refuses itself
+    code_in_header: bool = False
 
 
 @dataclass
@@ -132,6 +135,16 @@ class KmsFaultInjector:
         rule = self._match(operation) if operation != "GetCallerIdentity" else None
         if rule is not None:
             seen.injected = rule.action
+            if rule.action == "error" and rule.code_in_header:
+                return web.Response(
+                    status=rule.status,
+                    body=json.dumps({"message": rule.message}),
+                    content_type="application/x-amz-json-1.1",
+                    headers={
+                        "X-Amzn-ErrorType": f"{rule.error_code}:http://internal.amazon.com/"
+                        "coral/com.amazon.coral.service/"
+                    },
+                )
             if rule.action == "error":
                 return web.Response(
                     status=rule.status,

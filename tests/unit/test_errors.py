@@ -132,6 +132,64 @@ DOCS = Path(__file__).parents[2] / "docs" / "errors.md"
             "KMS_CREDENTIALS",
             False,
         ),
+        ("RequestExpired", "GetKeyPolicy", grpc.StatusCode.UNAVAILABLE, "KMS_CLOCK_SKEW", False),
+        (
+            "OptInRequired",
+            "PutKeyPolicy",
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_OPT_IN_REQUIRED",
+            False,
+        ),
+        (
+            "InvalidAction",
+            "GetKeyPolicy",
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_ENDPOINT_MISCONFIGURED",
+            False,
+        ),
+        (
+            "NotAuthorized",
+            "PutKeyPolicy",
+            grpc.StatusCode.PERMISSION_DENIED,
+            "KMS_ACCESS_DENIED",
+            False,
+        ),
+        (
+            "ValidationError",
+            "PutKeyPolicy",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "KMS_VALIDATION",
+            False,
+        ),
+        (
+            "InvalidParameterValue",
+            "PutKeyPolicy",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "KMS_VALIDATION",
+            False,
+        ),
+        ("MissingParameter", "GetKeyPolicy", grpc.StatusCode.INTERNAL, "INTERNAL", False),
+        (
+            "RequestTimeoutException",
+            "GetKeyPolicy",
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_UNAVAILABLE",
+            True,
+        ),
+        (
+            "IncompleteSignature",
+            "GetKeyPolicy",
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            False,
+        ),
+        (
+            "InvalidClientTokenId",
+            "GetKeyPolicy",
+            grpc.StatusCode.UNAVAILABLE,
+            "KMS_CREDENTIALS",
+            False,
+        ),
         ("SomethingNewException", "GetKeyPolicy", grpc.StatusCode.INTERNAL, "INTERNAL", False),
     ],
 )
@@ -152,13 +210,22 @@ def test_credentials_failures_never_blame_the_caller() -> None:
             assert rule.error is not errors.Unauthenticated, code
 
 
-def test_access_denied_does_not_leak_the_service_role() -> None:
+@pytest.mark.parametrize("code", ["AccessDeniedException", "NotAuthorized"])
+def test_access_denied_does_not_leak_the_service_role(code: str) -> None:
     err = from_kms_failure(
-        "AccessDeniedException",
+        code,
         "User: arn:aws:sts::1:assumed-role/secret-role/x is not authorized",
         operation="PutKeyPolicy",
     )
     assert "secret-role" not in err.message
+
+
+def test_the_operators_problems_say_so_and_when_to_come_back() -> None:
+    for code in ("RequestExpired", "OptInRequired", "InvalidAction", "ExpiredTokenException"):
+        err = from_kms_failure(code, "KMS's own text", operation="GetKeyPolicy")
+        assert err.code == grpc.StatusCode.UNAVAILABLE
+        assert "operator" in err.message and "KMS's own text" not in err.message
+        assert err.retry_after is not None
 
 
 def test_status_carries_exactly_one_error_info_and_matching_message() -> None:
