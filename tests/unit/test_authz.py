@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,17 @@ def test_a_bad_file_on_reload_keeps_the_previous_rules(tmp_path: Path) -> None:
 def test_without_a_file_everything_is_allowed_and_identity_is_optional() -> None:
     authz = Authorizer(None)
     assert not authz.required and authz.policy.allows("anyone", "PutKeyPolicy", ("k",))
+
+
+def test_globs_know_only_star_and_question_mark_and_compile_nothing() -> None:
+    policy = AuthzPolicy.parse(
+        'rules: [{callers: ["spiffe://td/sa/[ab]", "svc-?"], actions: "*", keys: ["alias/x-[*"]}]'
+    )
+    before = fnmatch._compile_pattern.cache_info()  # type: ignore[attr-defined]
+    assert not policy.may_act("spiffe://td/sa/a", "GetKeyPolicy")  # no character classes
+    assert policy.allows("spiffe://td/sa/[ab]", "GetKeyPolicy", ("alias/x-[1]",))
+    assert policy.allows("svc-1", "GetKeyPolicy", ("alias/x-[",))
+    assert not policy.may_act("svc-12", "GetKeyPolicy")
+    for i in range(50):  # caller-chosen key names are matched, never compiled
+        policy.allows("svc-1", "GetKeyPolicy", (f"alias/unique-{i}",))
+    assert fnmatch._compile_pattern.cache_info() == before  # type: ignore[attr-defined]
