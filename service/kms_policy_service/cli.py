@@ -193,6 +193,20 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "--lock-lease",
+        "lock_lease",
+        "seconds a shared (Redis) key-write lock lasts unless renewed; renewed every third "
+        "of it while the write runs (default 10)",
+        float,
+    ),
+    Option(
+        "--max-lock-wait",
+        "max_lock_wait",
+        "seconds a Put waits for another write to the same key; then ABORTED "
+        "KEY_WRITE_IN_PROGRESS (default 5)",
+        float,
+    ),
+    Option(
         "--max-findings",
         "max_findings",
         "findings in one ValidateKeyPolicy answer; the last then says how many were left out "

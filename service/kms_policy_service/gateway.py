@@ -13,6 +13,9 @@ from typing import TypeVar
 from kms_policy_service import metrics
 from kms_policy_service.backend import KmsFailure
 from kms_policy_service.errors import (
+    CONNECTION_ERROR,
+    HTTP_5XX,
+    READ_TIMEOUT,
     DeadlineExceeded,
     QuotaViolation,
     ResourceExhausted,
@@ -23,6 +26,20 @@ from kms_policy_service.ratelimit import Limiter
 from kms_policy_service.request import RequestContext
 
 T = TypeVar("T")
+
+# Failures after which the request may still have taken effect at KMS (it was sent,
+# and no answer from KMS says it was refused): the caller's outcome is unknown.
+MAY_HAVE_TAKEN_EFFECT = frozenset(
+    {
+        CONNECTION_ERROR,
+        READ_TIMEOUT,
+        HTTP_5XX,
+        "InternalFailure",
+        "ServiceUnavailable",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+    }
+)
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +150,11 @@ class KmsGateway:
             return result
         except KmsFailure as failure:
             outcome = kms_rule(failure.code, operation, failure.http_status).reason.lower()
+            if failure.code in MAY_HAVE_TAKEN_EFFECT:
+                ctx.kms_uncertain += 1
+            raise
+        except BaseException:  # cancelled or timed out with the request on its way
+            ctx.kms_uncertain += 1
             raise
         finally:
             self._slots.release()

@@ -1,8 +1,10 @@
 """Per-key write locks, so a read-compare-write is never interleaved with another.
 
 Inside a replica, one asyncio.Lock per key. Across replicas, when Redis is
-configured, also a Redis lock with a lease (SET NX PX; released by a
-compare-and-delete script on every path). If Redis is unreachable the replica
+configured, also a Redis lock with a short lease (SET NX PX `--lock-lease`),
+renewed every third of the lease while the write is in progress and released by
+a compare-and-delete script on every path: a replica that dies holding a lock
+blocks that key for at most one lease, whatever its caller's deadline. If Redis is unreachable the replica
 goes on with its local lock only and logs it: KMS has no conditional write, so
 this is best effort against writers in other replicas, and none at all against
 writers outside the service.
@@ -26,12 +28,24 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+DEFAULT_LEASE_SECONDS = 10.0
 
 
 class KeyLocks:
-    def __init__(self, redis_url: str | None = None, *, timeout: float = 0.25) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        timeout: float = 0.25,
+        lease: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._redis: Any = None
+        self.lease = lease
         if redis_url:
             import redis.asyncio as aioredis  # only with a Redis backend: it costs memory
 
@@ -39,10 +53,11 @@ class KeyLocks:
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
             self._release = self._redis.register_script(_RELEASE)
+            self._renew = self._redis.register_script(_RENEW)
         self._warned = False
 
     @asynccontextmanager
-    async def hold(self, key: str, *, lease: float, wait: float) -> AsyncIterator[None]:
+    async def hold(self, key: str, *, wait: float) -> AsyncIterator[None]:
         """Hold `key` here (and across replicas); raise TimeoutError after `wait` seconds."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
@@ -52,10 +67,19 @@ class KeyLocks:
             async with asyncio.timeout(max(0.0, wait)):
                 await lock.acquire()
             try:
-                token = await self._acquire_shared(key, lease, give_up)
+                token = await self._acquire_shared(key, self.lease, give_up)
+                renewing = (
+                    asyncio.create_task(self._keep_renewed(key, token))
+                    if token is not None
+                    else None
+                )
                 try:
                     yield
                 finally:
+                    if renewing is not None:
+                        renewing.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await renewing
                     if token is not None:
                         await self._release_shared(key, token)
             finally:
@@ -89,6 +113,19 @@ class KeyLocks:
             if loop.time() + POLL_SECONDS > give_up:
                 raise TimeoutError(f"key {key} stayed locked by another replica")
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _keep_renewed(self, key: str, token: str) -> None:
+        lease_ms = max(1, int(self.lease * 1000))
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                renewed = await self._renew(keys=[LOCK_PREFIX + key], args=[token, lease_ms])
+            except (_redis_error(), OSError) as exc:
+                log.warning("shared key lock not renewed (%s)", type(exc).__name__)
+                continue
+            if not renewed:  # expired and taken: nothing more we can do mid-write
+                log.warning("shared key lock for a key was lost before the write finished")
+                return
 
     async def _release_shared(self, key: str, token: str) -> None:
         with contextlib.suppress(_redis_error(), OSError):  # else the lease expires on its own

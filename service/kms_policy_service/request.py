@@ -15,6 +15,7 @@ class RequestContext:
     rate_key: str  # what per-caller rate buckets are keyed by
     deadline: float  # time.monotonic() by which the answer is due
     kms_attempts: int = 0
+    kms_uncertain: int = 0  # attempts that may have taken effect although they failed
     key_arn: str = ""
 
     def remaining(self) -> float:

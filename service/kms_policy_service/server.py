@@ -113,6 +113,7 @@ class Server:
         self.authorizer: Authorizer | None = None
         self.audit: AuditLog | None = None
         self.admission: Admission | None = None
+        self.servicer: PolicyServicer | None = None
         self._backend = backend
         self._stack = AsyncExitStack()
         self._server: grpc.aio.Server | None = None
@@ -214,7 +215,7 @@ class Server:
             max_concurrency=settings.max_concurrency,
             max_waiters=settings.max_waiters,
         )
-        locks = KeyLocks(settings.rate_limit_backend)
+        locks = KeyLocks(settings.rate_limit_backend, lease=settings.lock_lease)
         self._stack.push_async_callback(locks.close)
         servicer_resolver = KeyResolver(
             backend,
@@ -240,7 +241,7 @@ class Server:
             identifier,
         )
         self.admission = admission
-        servicer = PolicyServicer(
+        self.servicer = servicer = PolicyServicer(
             backend=backend,
             gateway=gateway,
             resolver=servicer_resolver,
@@ -253,6 +254,7 @@ class Server:
             default_deadline=settings.default_deadline,
             max_deadline=settings.max_deadline,
             max_findings=settings.max_findings,
+            max_lock_wait=settings.max_lock_wait,
         )
 
         # Gauges read at scrape time: nothing on the request path.
@@ -376,6 +378,8 @@ class Server:
             await self._server.stop(self.settings.shutdown_grace)
         if self._probe_server is not None:
             await self._probe_server.stop(0)
+        if self.servicer is not None:
+            await self.servicer.drain()  # read-backs of unknown outcomes, then the audit closes
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

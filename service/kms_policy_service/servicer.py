@@ -28,7 +28,6 @@ from kms_policy_service.errors import (
     FieldViolation,
     Internal,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     PreconditionViolation,
     ServiceError,
@@ -48,6 +47,7 @@ from kms_policy_service.validation import (
     Finding,
     KeyKind,
     KeyRef,
+    ParsedPolicy,
     ServicePrincipal,
     Severity,
     lockout_findings,
@@ -69,6 +69,10 @@ Reply = TypeVar("Reply")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_PAGE_SIZE = 1000  # botocore model, LimitType
 _ETAG = re.compile(r"[0-9a-f]{64}")
+# A Put whose effect is unknown is read back: inline if the caller has this much time
+# left, else after the answer, within SETTLE_SECONDS.
+SETTLE_MIN_SECONDS = 0.25
+SETTLE_SECONDS = 5.0
 _SEVERITY = {
     Severity.ERROR: pb.Finding.SEVERITY_ERROR,
     Severity.WARNING: pb.Finding.SEVERITY_WARNING,
@@ -91,6 +95,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         default_deadline: float,
         max_deadline: float | None = None,
         max_findings: int = 100,
+        max_lock_wait: float = 5.0,
     ) -> None:
         self._backend = backend
         self._gateway = gateway
@@ -104,6 +109,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._default_deadline = default_deadline
         self._max_deadline = max_deadline if max_deadline is not None else default_deadline
         self._max_findings = max_findings
+        self._max_lock_wait = max_lock_wait
+        self._settling: set[asyncio.Task[None]] = set()
+        self._handling: set[asyncio.Task[Any]] = set()  # RPC handlers running now
         self.in_flight = 0  # read by the kms_policy_rpcs_in_flight gauge at scrape time
 
     # -- RPCs ---------------------------------------------------------------
@@ -162,7 +170,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         try:
             return await self._put_checked(request, ctx, record)
         except ServiceError as err:
-            if audited:
+            if audited and record.get("phase") != "unknown":
                 record.update(outcome=err.code.name, reason=err.reason, message=err.message)
                 if record.get("phase") == "refused":  # anyone can cause these: bounded
                     assert self._audit is not None
@@ -193,17 +201,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         authorized_key = await self._authorize(ctx, "PutKeyPolicy", ref)
         record["authorized"] = True  # from here on, a refusal keeps the caller's whole policy
         parsed = parse_policy(request.policy)
-        raise_for_errors(parsed.findings, field="policy", reason="INVALID_POLICY")
-        assert parsed.document is not None  # no errors: it parsed
         bypass = request.bypass_policy_lockout_safety_check
-        if name == DEFAULT_POLICY_NAME and not bypass:
-            # Before any KMS call, refuse a policy that locks the service out of any key.
-            known_arn = ref.raw if ref.kind is KeyKind.KEY_ARN else None
-            raise_for_errors(
-                lockout_findings(parsed.document, self._principal, known_arn),
-                field="policy",
-                reason="POLICY_LOCKOUT",
-            )
+        # Before any KMS call, every finding that needs no KMS call: the document's, and
+        # the lockout and resource checks against the key ARN when the caller named it
+        # (else the lockout check refuses a policy that locks the service out of any key).
+        known_arn = ref.raw if ref.kind is KeyKind.KEY_ARN else None
+        _raise_policy_errors(
+            self._policy_findings(parsed, name, key_arn=known_arn, bypass=bypass), parsed
+        )
+        assert parsed.document is not None  # no errors: it parsed
         key = authorized_key or await self._resolve(ref, ctx)
         record["key_arn"] = key.arn
         if key.metadata.aws_managed:
@@ -215,25 +221,30 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     PreconditionViolation("KEY_MANAGER", key.arn, "the key is managed by AWS")
                 ],
             )
-        findings = self._key_findings(parsed.document, key, name, bypass=bypass)
-        lockout = [f for f in errors_only(findings) if f.code == "POLICY_LOCKOUT"]
-        raise_for_errors(
-            findings, field="policy", reason="POLICY_LOCKOUT" if lockout else "INVALID_POLICY"
-        )
+        if known_arn != key.arn:
+            _raise_policy_errors(self._key_findings(parsed.document, key.arn, name, bypass), None)
         new_etag = etag_of_document(parsed.document)
         record["new_etag"] = new_etag
         reply = pb.PutKeyPolicyResponse(key_arn=key.arn, policy_name=name, etag=new_etag)
         if request.validate_only:
             return reply
+        deadline_bound = ctx.remaining() <= self._max_lock_wait
         try:
-            async with self._locks.hold(key.arn, lease=ctx.remaining() + 1, wait=ctx.remaining()):
+            async with self._locks.hold(key.arn, wait=min(ctx.remaining(), self._max_lock_wait)):
                 await self._write(request, ctx, key, name, parsed.document, record)
         except TimeoutError as exc:
-            raise DeadlineExceeded(
-                "the call's deadline ran out waiting for another write to this key",
+            if deadline_bound:
+                raise DeadlineExceeded(
+                    "the call's deadline ran out waiting for another write to this key",
+                    metadata={"keyArn": key.arn},
+                ) from exc
+            raise Aborted(
+                "another write to this key is in progress; retry shortly",
+                reason="KEY_WRITE_IN_PROGRESS",
                 metadata={"keyArn": key.arn},
+                retry_after=1.0,
             ) from exc
-        if self._audit is not None:
+        if self._audit is not None and record.get("phase") != "unknown":  # else: settled
             record.update(outcome="OK", reason="")
             await self._audit_write(record, durable=False)
         return reply
@@ -271,19 +282,109 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 record["previous_policy"] = previous
                 await self._audit_write({**record, "phase": "intent"}, durable=True)
         record["phase"] = "outcome"
-        await self._gateway.call(
-            "PutKeyPolicy",
-            lambda: self._backend.put_key_policy(
-                key.arn,
-                name,
-                request.policy,
-                bypass_lockout_check=request.bypass_policy_lockout_safety_check,
-                region=key.region,
-            ),
-            ctx=ctx,
-            key=key.arn,
-        )
+        try:
+            await self._gateway.call(
+                "PutKeyPolicy",
+                lambda: self._backend.put_key_policy(
+                    key.arn,
+                    name,
+                    request.policy,
+                    bypass_lockout_check=request.bypass_policy_lockout_safety_check,
+                    region=key.region,
+                ),
+                ctx=ctx,
+                key=key.arn,
+            )
+        except (ServiceError, asyncio.CancelledError) as exc:
+            if not ctx.kms_uncertain:
+                raise  # KMS answered (or was never asked): the policy did not change
+            self._reads.invalidate(key.arn, name)
+            if await self._settled_applied(exc, ctx, key, name, record):
+                return
+            if isinstance(exc, ServiceError):
+                exc.metadata["policyChange"] = "UNKNOWN"
+                exc.message += (
+                    "; the request reached KMS, so the change may have taken effect: "
+                    "read the policy to find out"
+                )
+            raise
         self._reads.invalidate(key.arn, name)
+
+    async def _settled_applied(
+        self,
+        exc: BaseException,
+        ctx: RequestContext,
+        key: ResolvedKey,
+        name: str,
+        record: dict[str, Any],
+    ) -> bool:
+        """After a Put whose effect is unknown: record UNKNOWN, then read the policy back.
+
+        Returns True if, within the caller's deadline, the read shows the new policy in
+        place (the call then succeeds). Otherwise the read-back runs on after the answer,
+        within SETTLE_SECONDS, and its result is a `settled` record.
+        """
+        what = exc.code.name if isinstance(exc, ServiceError) else "CANCELLED"
+        record["phase"] = "unknown"  # the outcome record is written here, not by _put
+        if self._audit is not None:
+            record.update(
+                outcome="UNKNOWN",
+                reason=f"{what} after the request was sent to KMS",
+                message="the policy may or may not have changed; see the settled record",
+            )
+            await self._audit_write(record, durable=False)
+        if not isinstance(exc, asyncio.CancelledError) and ctx.remaining() > SETTLE_MIN_SECONDS:
+            applied = await self._read_back(ctx, key, name, record)
+            if applied is not None:
+                return applied
+        task = asyncio.create_task(self._settle_later(key, name, record))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return False
+
+    async def _settle_later(self, key: ResolvedKey, name: str, record: dict[str, Any]) -> None:
+        ctx = RequestContext(
+            request_id=record["request_id"],
+            method="SettlePutKeyPolicy",
+            caller=record["caller"],
+            peer="",
+            rate_key="kms-policy-service:settle",
+            deadline=time.monotonic() + SETTLE_SECONDS,
+        )
+        if await self._read_back(ctx, key, name, record) is None and self._audit is not None:
+            await self._audit_write(
+                _settled(record, "UNSETTLED", "the policy could not be read back"),
+                durable=False,
+            )
+
+    async def _read_back(
+        self, ctx: RequestContext, key: ResolvedKey, name: str, record: dict[str, Any]
+    ) -> bool | None:
+        """Read the policy once; record whether the write took effect. None: no answer."""
+        try:
+            current = policy_etag(await self._read_policy(key, name, ctx))
+        except ServiceError:
+            return None
+        if current == record.get("new_etag"):
+            outcome, applied = "APPLIED", True
+        elif current == record.get("previous_etag"):
+            outcome, applied = "NOT_APPLIED", False
+        elif "previous_etag" not in record:
+            outcome, applied = "NOT_APPLIED_OR_CHANGED_ELSEWHERE", False
+        else:
+            outcome, applied = "CHANGED_ELSEWHERE", False
+        if self._audit is not None:
+            await self._audit_write(
+                _settled(record, outcome, f"read back: etag {current}"), durable=False
+            )
+        return applied
+
+    async def drain(self) -> None:
+        """After the listener stopped: let cancelled handlers record their outcomes, then
+        the read-backs of unknown outcomes finish (bounded by SETTLE_SECONDS)."""
+        for tasks in (self._handling, self._settling):
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=SETTLE_SECONDS)
 
     async def _audit_write(self, record: dict[str, Any], *, durable: bool) -> None:
         assert self._audit is not None
@@ -318,9 +419,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         ref = parse_key_id(request.key_id) if request.key_id else None
         authorized_key = await self._authorize(ctx, "ValidateKeyPolicy", ref)
         parsed = parse_policy(request.policy)
-        findings = list(parsed.findings)
-        if ref is not None:
+        if ref is None:
+            findings = self._policy_findings(parsed, name, key_arn=None, bypass=True)
+        else:
             key = authorized_key or await self._resolve(ref, ctx)
+            findings = self._policy_findings(parsed, name, key_arn=key.arn, bypass=False)
             if key.metadata.aws_managed:
                 findings.append(
                     Finding.error(
@@ -329,8 +432,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                         f"{key.arn} is AWS-managed: its policy cannot be changed",
                     )
                 )
-            if parsed.document is not None:
-                findings.extend(self._key_findings(parsed.document, key, name, bypass=False))
         return pb.ValidateKeyPolicyResponse(findings=self._capped(findings))
 
     def _capped(self, findings: list[Finding]) -> list[pb.Finding]:
@@ -389,9 +490,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             return None
         try:
             key = await self._resolve(ref, ctx)
-        except NotFound as exc:  # an unauthorized caller must not learn the key is missing
+        except ServiceError as exc:
+            # Whatever went wrong (missing key, KMS AccessDenied or throttling, another
+            # account or Region), a caller not shown to be authorized learns nothing of it.
+            ctx.key_arn = ""
             raise _denied(ctx.caller, action, ref) from exc
         if not policy.allows(ctx.caller, action, (key.arn,)):
+            ctx.key_arn = ""
             raise _denied(ctx.caller, action, ref)
         return key
 
@@ -407,12 +512,28 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             ctx=ctx,
         )
 
-    def _key_findings(
-        self, document: dict[str, Any], key: ResolvedKey, name: str, *, bypass: bool
+    def _policy_findings(
+        self, parsed: ParsedPolicy, name: str, *, key_arn: str | None, bypass: bool
     ) -> list[Finding]:
-        findings = list(key_resource_findings(document, key.arn))
+        """The document's findings and, once it parsed, those against the key (or any key).
+
+        One function for Put and Validate: what Validate reports as errors is exactly
+        what Put refuses.
+        """
+        findings = list(parsed.findings)
+        if parsed.document is not None:
+            if key_arn is not None:
+                findings.extend(self._key_findings(parsed.document, key_arn, name, bypass))
+            elif name == DEFAULT_POLICY_NAME and not bypass:
+                findings.extend(lockout_findings(parsed.document, self._principal, None))
+        return findings
+
+    def _key_findings(
+        self, document: dict[str, Any], key_arn: str, name: str, bypass: bool
+    ) -> list[Finding]:
+        findings = list(key_resource_findings(document, key_arn))
         if name == DEFAULT_POLICY_NAME and not bypass:
-            findings.extend(lockout_findings(document, self._principal, key.arn))
+            findings.extend(lockout_findings(document, self._principal, key_arn))
         return findings
 
     async def _run(
@@ -428,6 +549,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         labels = ("unary", SERVICE_NAME, method)
         metrics.child(metrics.grpc_server_started_total, *labels).inc()
         self.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.add(task)
         try:
             await context.send_initial_metadata((("x-request-id", ctx.request_id),))
             return await handler(ctx)
@@ -445,6 +569,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         finally:
             elapsed = time.monotonic() - started
             self.in_flight -= 1
+            self._handling.discard(task)
             metrics.child(metrics.grpc_server_handled_total, *labels, code.name).inc()
             metrics.child(metrics.grpc_server_handling_seconds, *labels).observe(elapsed)
             if logs.access_enabled():
@@ -485,6 +610,30 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             rate_key=caller.rate_key,
             deadline=started + remaining,
         )
+
+
+def _settled(record: dict[str, Any], outcome: str, message: str) -> dict[str, Any]:
+    return {
+        "request_id": record["request_id"],
+        "caller": record["caller"],
+        "action": "PutKeyPolicy",
+        "phase": "settled",
+        "key_arn": record.get("key_arn", ""),
+        "policy_name": record["policy_name"],
+        "new_etag": record.get("new_etag", ""),
+        "previous_etag": record.get("previous_etag", ""),
+        "outcome": outcome,
+        "message": message,
+    }
+
+
+def _raise_policy_errors(findings: list[Finding], parsed: ParsedPolicy | None) -> None:
+    """INVALID_POLICY if the document itself is wrong, else POLICY_LOCKOUT if that is all."""
+    errors = errors_only(findings)
+    document_errors = parsed is not None and bool(errors_only(parsed.findings))
+    lockout = any(f.code == "POLICY_LOCKOUT" for f in errors)
+    reason = "POLICY_LOCKOUT" if lockout and not document_errors else "INVALID_POLICY"
+    raise_for_errors(errors, field="policy", reason=reason)
 
 
 def _denied(caller: str, action: str, ref: KeyRef | None) -> PermissionDenied:

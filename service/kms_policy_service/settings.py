@@ -44,6 +44,8 @@ DEFAULT_MAX_STREAMS_PER_CONNECTION = 100  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREA
 DEFAULT_MAX_CONNECTION_IDLE_SECONDS = 300.0
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1800.0  # then GOAWAY; clients reconnect transparently
 DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 35.0  # > --max-deadline: calls in progress finish
+DEFAULT_LOCK_LEASE_SECONDS = 10.0  # a dead replica's key lock expires after this
+DEFAULT_MAX_LOCK_WAIT_SECONDS = 5.0  # for another write to the same key, then ABORTED
 DEFAULT_MAX_FINDINGS = 100  # per ValidateKeyPolicy answer, then one TOO_MANY_FINDINGS
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
 DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
@@ -93,6 +95,8 @@ class Settings:
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     max_rpcs_per_caller: int = DEFAULT_MAX_RPCS_PER_CALLER
     max_findings: int = DEFAULT_MAX_FINDINGS
+    lock_lease: float = DEFAULT_LOCK_LEASE_SECONDS
+    max_lock_wait: float = DEFAULT_MAX_LOCK_WAIT_SECONDS
     request_receive_timeout: float = DEFAULT_REQUEST_RECEIVE_TIMEOUT_SECONDS
     caller_rpc_rate_limit: Rate | None = None
     caller_refusal_rate_limit: Rate | None = DEFAULT_CALLER_REFUSAL_RATE
@@ -139,6 +143,8 @@ class Settings:
             "retry_cap",
             "request_receive_timeout",
             "max_deadline",
+            "lock_lease",
+            "max_lock_wait",
             "max_connection_idle",
             "max_connection_age",
         ):

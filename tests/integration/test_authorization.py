@@ -142,6 +142,38 @@ async def test_a_caller_with_no_rule_for_the_action_costs_no_kms_call(
     assert faults.kms_operations() == []
 
 
+@pytest.mark.parametrize(
+    ("error_code", "status"),
+    [("AccessDeniedException", 400), ("ThrottlingException", 400), ("KMSInternalException", 500)],
+)
+async def test_a_kms_failure_while_deciding_is_not_revealed_to_an_unauthorized_caller(
+    service: RunningService,
+    faults: KmsFaultInjector,
+    keys: dict[str, str],
+    error_code: str,
+    status: int,
+) -> None:
+    from tests.support.kms_faults import Rule
+
+    faults.add(Rule("DescribeKey", "error", error_code, status=status))
+    # WRITER's only rule names key A's ARN: deciding about alias/other-b needs DescribeKey.
+    assert await outcome(service, WRITER, "Get", "alias/other-b") == DENIED
+
+
+async def test_another_account_is_not_revealed_to_an_unauthorized_caller(
+    service: RunningService, faults: KmsFaultInjector
+) -> None:
+    foreign = "arn:aws:kms:us-east-1:999999999999:key/00000000-0000-4000-8000-000000000001"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.GetKeyPolicy(
+            pb.GetKeyPolicyRequest(key_id=foreign), metadata=as_caller(WRITER)
+        )
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (DENIED, "CALLER_NOT_AUTHORIZED")
+    assert ACCOUNT not in str(caught.value.details()) + str(details.error_info)
+    assert faults.kms_operations() == []
+
+
 async def test_xfcc_from_an_untrusted_peer_is_ignored(
     faults: KmsFaultInjector, authz_file: Path, keys: dict[str, str]
 ) -> None:

@@ -80,12 +80,13 @@ async def test_errors_are_decoded_into_the_hierarchy(
     bad = {"Version": "2012-10-17", "Statement": [{**DECRYPT, "Principal": {"AWS": "nobody"}}]}
     with pytest.raises(InvalidRequestError) as invalid:
         await client.put_policy(key["Arn"], bad)
-    (violation,) = invalid.value.violations
+    violation, lockout_violation = invalid.value.violations  # every error in one answer
     assert (violation.field, violation.path, violation.reason) == (
         "policy",
         "Statement[0].Principal.AWS",
         "INVALID_PRINCIPAL",
     )
+    assert lockout_violation.reason == "POLICY_LOCKOUT"
     lockout = {"Version": "2012-10-17", "Statement": [DECRYPT]}
     with pytest.raises(LockoutError) as locked:
         await client.put_policy(key["Arn"], lockout)

@@ -107,3 +107,68 @@ async def test_without_an_etag_writes_are_last_writer_wins(
         pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=editor_policy(2))
     )
     assert "Editor2" in await final_policy_sids(service.stub, key["Arn"])
+
+
+async def test_a_replica_killed_mid_write_blocks_the_key_for_one_lease_not_its_deadline(
+    faults: KmsFaultInjector, redis_server: RedisServer, key: dict[str, Any]
+) -> None:
+    import signal
+    import time
+
+    import redis
+
+    from kms_policy_service.locks import LOCK_PREFIX
+    from tests.support.kms_faults import Rule
+
+    args = [
+        *loopback_service(on=faults.url),
+        "--rate-limit-backend",
+        redis_server.url,
+        "--key-write-rate-limit",
+        "off",
+        "--lock-lease",
+        "1.5",
+        "--max-deadline",
+        "400000000",
+        "--default-deadline",
+        "10",
+    ]
+    doomed, survivor = ServiceProcess(args).start(), ServiceProcess(args).start()
+    client = redis.Redis.from_url(redis_server.url)
+    lock_key = LOCK_PREFIX + key["Arn"]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") for p in (doomed, survivor)]
+    try:
+        faults.add(Rule("PutKeyPolicy", "sleep", delay=60.0, times=1))
+        one_year = 365 * 24 * 3600.0
+        stuck = asyncio.ensure_future(
+            pb_grpc.PolicyServiceStub(channels[0]).PutKeyPolicy(
+                pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=editor_policy(1)),
+                timeout=one_year,
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not [s for s in faults.seen if s.operation == "PutKeyPolicy"]:
+            assert time.monotonic() < deadline, "the write never reached KMS"
+            await asyncio.sleep(0.02)
+        # Held while the write runs, renewed past its first lease, never longer than one.
+        renewed_until = time.monotonic() + 2.0
+        while time.monotonic() < renewed_until:
+            assert 0 < client.pttl(lock_key) <= 1500
+            await asyncio.sleep(0.05)
+        assert doomed.proc is not None
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        stuck.cancel()
+        # The other replica gets the key within its lock wait (5 s), not after a year.
+        await pb_grpc.PolicyServiceStub(channels[1]).PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=editor_policy(2)), timeout=30
+        )
+        assert "Editor2" in await final_policy_sids(
+            pb_grpc.PolicyServiceStub(channels[1]), key["Arn"]
+        )
+    finally:
+        for c in channels:
+            await c.close()
+        doomed.stop()
+        survivor.stop()
+        client.close()

@@ -167,8 +167,54 @@ async def test_policy_errors_are_all_reported_with_their_paths(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.PutKeyPolicy(put(policy=policy))
     details = details_of(caught.value)
-    assert details.paths == ["Statement[0].Effect", "Statement[1].Action"]
+    # Every error at once: the document's two, and the lockout they cause.
+    assert details.paths == ["Statement[0].Effect", "Statement[1].Action", "Statement"]
+    assert details.bad_request is not None
+    assert [v.reason for v in details.bad_request.field_violations][-1] == "POLICY_LOCKOUT"
+    assert details.reason == "INVALID_POLICY"
     assert faults.kms_operations() == []
+
+
+@pytest.mark.parametrize("validate_only", [False, True])
+async def test_a_put_by_key_arn_reports_document_resource_and_lockout_errors_in_one_answer(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], validate_only: bool
+) -> None:
+    other_key = key["Arn"].rsplit("/", 1)[0] + "/00000000-0000-4000-8000-000000000000"
+    policy = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "kms:Nope"},
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ACCOUNT},
+                    "Action": "kms:*",
+                    "Resource": other_key,
+                },
+            ],
+        }
+    )
+    faults.clear()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy, validate_only=validate_only)
+        )
+    details = details_of(caught.value)
+    assert details.bad_request is not None
+    reasons = {(v.reason, p) for v, p in zip(details.bad_request.field_violations, details.paths)}
+    assert ("UNKNOWN_ACTION", "Statement[0].Action") in reasons
+    assert ("MISSING_RESOURCE", "Statement[0].Resource") in reasons
+    assert ("NEVER_MATCHES", "Statement[1].Resource") in reasons
+    assert ("POLICY_LOCKOUT", "Statement") in reasons
+    # ...and they are exactly the errors ValidateKeyPolicy reports for that key.
+    validated = await service.stub.ValidateKeyPolicy(
+        pb.ValidateKeyPolicyRequest(key_id=key["Arn"], policy=policy)
+    )
+    errors = {
+        (f.code, f.path) for f in validated.findings if f.severity == pb.Finding.SEVERITY_ERROR
+    }
+    assert errors == reasons
+    assert "PutKeyPolicy" not in faults.kms_operations()
 
 
 async def test_the_seed_policy_needs_the_bypass_flag_and_then_reaches_kms_with_it(

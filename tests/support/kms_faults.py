@@ -24,7 +24,7 @@ from aiohttp import web
 @dataclass
 class Rule:
     operation: str  # e.g. "PutKeyPolicy"; "*" for any KMS operation
-    action: str  # "error", "html500", "sleep", "drop", "reply"
+    action: str  # "error", "html500", "sleep", "drop", "reply", "apply_then_drop"
     error_code: str = ""
     status: int = 400
     message: str = "injected"
@@ -183,6 +183,12 @@ class KmsFaultInjector:
             request.method, self.upstream + request.path_qs, data=body, headers=headers
         ) as upstream:
             payload = await upstream.read()
+            if rule is not None and rule.action == "apply_then_drop":
+                # KMS did the work, but its answer never arrives (after `delay` seconds).
+                await asyncio.sleep(rule.delay)
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=500)
             return web.Response(
                 status=upstream.status,
                 body=payload,

@@ -14,7 +14,7 @@ async def test_writers_to_one_key_take_turns_and_other_keys_do_not_wait() -> Non
     order: list[str] = []
 
     async def write(key: str, tag: str, hold: float) -> None:
-        async with locks.hold(key, lease=5, wait=5):
+        async with locks.hold(key, wait=5):
             order.append(f"{tag}+")
             await asyncio.sleep(hold)
             order.append(f"{tag}-")
@@ -27,8 +27,8 @@ async def test_writers_to_one_key_take_turns_and_other_keys_do_not_wait() -> Non
 
 async def test_waiting_for_a_lock_is_bounded() -> None:
     locks = KeyLocks()
-    async with locks.hold("k", lease=5, wait=5):
+    async with locks.hold("k", wait=5):
         with pytest.raises(TimeoutError):
-            async with locks.hold("k", lease=5, wait=0.05):
+            async with locks.hold("k", wait=0.05):
                 pass
     assert len(locks) == 0

@@ -1,0 +1,149 @@
+"""Puts whose effect is unknown (the request reached KMS, the answer did not reach us) are
+recorded as UNKNOWN, never as failed, and settled by reading the policy back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.support.kms_faults import KmsFaultInjector, Rule
+from tests.support.status import details_of
+
+DECRYPT = {
+    "Sid": "AppDecrypt",
+    "Effect": "Allow",
+    "Principal": {"AWS": ACCOUNT},
+    "Action": "kms:Decrypt",
+    "Resource": "*",
+}
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.log"
+
+
+@pytest.fixture
+def settings_overrides(audit_path: Path) -> dict[str, Any]:
+    return {"audit_log": str(audit_path), "key_write_rate_limit": None}
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def settled(path: Path, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in records(path) if r.get("phase") == "settled"]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, records(path)
+        await asyncio.sleep(0.02)
+
+
+async def test_a_put_applied_whose_answers_are_lost_is_settled_by_reading_back_and_succeeds(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], audit_path: Path
+) -> None:
+    faults.add(Rule("PutKeyPolicy", "apply_then_drop"))
+    reply = await service.stub.PutKeyPolicy(
+        pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT])), timeout=10
+    )
+    phases = [(r["phase"], r.get("outcome")) for r in records(audit_path)]
+    assert phases == [("intent", None), ("unknown", "UNKNOWN"), ("settled", "APPLIED")]
+    assert records(audit_path)[2]["new_etag"] == reply.etag
+
+
+async def test_a_put_whose_deadline_ran_out_at_kms_is_unknown_then_settled_not_applied(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], audit_path: Path
+) -> None:
+    faults.add(Rule("PutKeyPolicy", "sleep", delay=5.0, times=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT])),
+            timeout=0.5,
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert details_of(caught.value).error_info.metadata["policyChange"] == "UNKNOWN"
+    unknown = [r for r in records(audit_path) if r["phase"] == "unknown"]
+    assert [r["outcome"] for r in unknown] == ["UNKNOWN"]
+    assert "DEADLINE_EXCEEDED" in unknown[0]["reason"]
+    assert (await settled(audit_path))["outcome"] == "NOT_APPLIED"  # the injector never forwarded
+    assert not [r for r in records(audit_path) if r.get("outcome") == "DEADLINE_EXCEEDED"]
+
+
+async def test_a_put_cancelled_by_its_caller_after_kms_applied_it_is_settled_applied(
+    service: RunningService,
+    faults: KmsFaultInjector,
+    kms: Any,
+    key: dict[str, Any],
+    audit_path: Path,
+) -> None:
+    faults.add(Rule("PutKeyPolicy", "apply_then_drop", delay=5.0, times=1))
+    call = service.stub.PutKeyPolicy(
+        pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT]))
+    )
+    deadline = time.monotonic() + 10
+    # KMS (moto) has applied it; its answer is held back by the injector.
+    while "AppDecrypt" not in kms.get_key_policy(KeyId=key["Arn"], PolicyName="default")["Policy"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert (await settled(audit_path))["outcome"] == "APPLIED"
+    outcomes = [r.get("outcome") for r in records(audit_path) if r["phase"] != "intent"]
+    assert outcomes == ["UNKNOWN", "APPLIED"]
+
+
+async def test_a_put_refused_by_kms_is_failed_not_unknown(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], audit_path: Path
+) -> None:
+    faults.add(Rule("PutKeyPolicy", "error", "MalformedPolicyDocumentException"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for())
+        )
+    assert [r.get("outcome") for r in records(audit_path)] == [None, "INVALID_ARGUMENT"]
+
+
+async def test_a_put_cut_off_by_the_drain_grace_is_unknown_and_settled_before_exit(
+    faults: KmsFaultInjector, kms: Any, key: dict[str, Any], audit_path: Path
+) -> None:
+    from kms_policy_service import Server
+    from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+    from tests.conftest import service_settings
+
+    server = Server(
+        service_settings(
+            faults.url, audit_log=str(audit_path), key_write_rate_limit=None, shutdown_grace=0.3
+        )
+    )
+    await server.startup()
+    faults.add(Rule("PutKeyPolicy", "apply_then_drop", delay=5.0, times=1))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        call = pb_grpc.PolicyServiceStub(channel).PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT]))
+        )
+        deadline = time.monotonic() + 10
+        while (
+            "AppDecrypt" not in kms.get_key_policy(KeyId=key["Arn"], PolicyName="default")["Policy"]
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await server.shutdown()  # the grace ends while KMS holds the answer
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+    finally:
+        await channel.close()
+    outcomes = [r.get("outcome") for r in records(audit_path) if r["phase"] != "intent"]
+    assert outcomes == ["UNKNOWN", "APPLIED"]
