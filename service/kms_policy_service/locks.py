@@ -4,10 +4,10 @@ Inside a replica, one asyncio.Lock per key. Across replicas, when Redis is
 configured, also a Redis lock with a short lease (SET NX PX `--lock-lease`),
 renewed every third of the lease while the write is in progress and released by
 a compare-and-delete script on every path: a replica that dies holding a lock
-blocks that key for at most one lease, whatever its caller's deadline. If Redis is unreachable the replica
-goes on with its local lock only and logs it: KMS has no conditional write, so
-this is best effort against writers in other replicas, and none at all against
-writers outside the service.
+blocks that key for at most one lease, whatever its caller's deadline. If Redis
+is unreachable the replica goes on with its local lock only and logs it: KMS has
+no conditional write, so this is best effort against writers in other replicas,
+and none at all against writers outside the service.
 """
 
 from __future__ import annotations

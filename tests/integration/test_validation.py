@@ -201,7 +201,8 @@ async def test_a_put_by_key_arn_reports_document_resource_and_lockout_errors_in_
         )
     details = details_of(caught.value)
     assert details.bad_request is not None
-    reasons = {(v.reason, p) for v, p in zip(details.bad_request.field_violations, details.paths)}
+    violations = details.bad_request.field_violations
+    reasons = {(v.reason, p) for v, p in zip(violations, details.paths, strict=True)}
     assert ("UNKNOWN_ACTION", "Statement[0].Action") in reasons
     assert ("MISSING_RESOURCE", "Statement[0].Resource") in reasons
     assert ("NEVER_MATCHES", "Statement[1].Resource") in reasons
