@@ -147,9 +147,7 @@ class Server:
         if self.authorizer is not None and self.authorizer.path is not None:
             self.authorizer.reload()
         if self.audit is not None:
-            reopen = getattr(self.audit, "reopen", None)
-            if reopen is not None:
-                reopen()
+            self.audit.reopen()
 
     def request_stop(self) -> None:
         """Signal-safe: only sets the flag; serve() does the rest."""

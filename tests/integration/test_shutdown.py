@@ -56,3 +56,29 @@ async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
         assert time.monotonic() - started < 10
     finally:
         proc.stop()
+
+
+async def test_sighup_without_an_authz_policy_reloads_and_keeps_serving(
+    faults: KmsFaultInjector, key: dict[str, Any], tmp_path: Any
+) -> None:
+    audit = tmp_path / "audit.log"
+    proc = ServiceProcess(
+        [*loopback_service(on=faults.url), "--audit-log", str(audit)]  # the sidecar's flags
+    ).start()
+    try:
+        assert proc.proc is not None
+        audit.rename(tmp_path / "audit.log.1")  # logrotate, then its postrotate HUP
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not audit.exists():  # reopened at the configured path
+            assert proc.proc.poll() is None, "SIGHUP killed the service"
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+            reply = await pb_grpc.PolicyServiceStub(channel).GetKeyPolicy(
+                pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10
+            )
+        assert reply.key_arn == key["Arn"]
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()
