@@ -5,6 +5,7 @@ The fault injector answers in the KMS JSON protocol (or drops, stalls, or serves
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -386,13 +387,34 @@ async def test_a_transient_failure_is_retried_to_success(
 
 
 async def test_a_slow_kms_ends_in_deadline_exceeded_not_after_kms_answers(
-    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any]
+    faults: KmsFaultInjector, key: dict[str, Any]
 ) -> None:
-    await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
-    faults.add(Rule(GET, "sleep", delay=3.0))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=0.3)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    from kms_policy_service import Server
+    from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+    from tests.conftest import service_settings
+
+    server = Server(service_settings(faults.url, default_deadline=0.5))
+    await server.startup()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.PolicyServiceStub(channel)
+            await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+            faults.add(Rule(GET, "sleep", delay=10.0))
+            # No caller deadline: only the service's own (default_deadline) can end the call,
+            # and long before KMS would answer.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(
+                    stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"])), timeout=5
+                )
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert details.error_info.metadata["kmsOperation"] == GET
+        deadline = asyncio.get_running_loop().time() + 5
+        while not any(s.injected == "sleep" and s.abandoned for s in faults.seen):
+            assert asyncio.get_running_loop().time() < deadline, "the KMS request was kept"
+            await asyncio.sleep(0.02)
+    finally:
+        await server.shutdown()
 
 
 async def test_an_aws_managed_key_is_readable_but_never_writable(

@@ -3,78 +3,114 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kms_policy_service.errors import DeadlineExceeded
+from kms_policy_service.errors import DeadlineExceeded, Unavailable
 from kms_policy_service.reads import PolicyReads
+
+
+class Fetch:
+    """A fetch that counts its calls and, when gated, holds each until the gate opens."""
+
+    def __init__(self, answer: Callable[[int], Awaitable[str]] | None = None) -> None:
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self._answer = answer
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self._answer is not None:
+            return await self._answer(self.calls)
+        await self.gate.wait()
+        return f"v{self.calls}"
+
+
+async def joined(reads: PolicyReads, fetch: Fetch) -> asyncio.Future[str]:
+    """Start a reader and return once it has run up to its first wait (joined or fetching)."""
+    entered = asyncio.Event()
+
+    async def reader() -> str:
+        entered.set()  # no await between this and the read: it runs on in the same step
+        return await reads.read("arn", "default", fetch)
+
+    task = asyncio.ensure_future(reader())
+    await entered.wait()  # our wake-up is queued behind the rest of the reader's step
+    return task
 
 
 async def test_concurrent_identical_reads_share_one_fetch() -> None:
     reads = PolicyReads(cache_ttl=0)
-    calls = 0
-
-    async def fetch() -> str:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return "policy"
-
-    results = await asyncio.gather(*(reads.read("arn", "default", fetch) for _ in range(50)))
-    assert results == ["policy"] * 50 and calls == 1
-    await reads.read("arn", "default", fetch)
-    assert calls == 2  # no cache: the next read fetches again
+    fetch = Fetch()
+    readers = [await joined(reads, fetch) for _ in range(50)]
+    assert fetch.calls == 1  # the other 49 joined the first one's fetch
+    fetch.gate.set()
+    assert await asyncio.gather(*readers) == ["v1"] * 50
+    assert await reads.read("arn", "default", fetch) == "v2"
+    assert fetch.calls == 2  # no cache: the next read fetches again
 
 
 async def test_a_cancelled_leader_does_not_fail_its_followers() -> None:
     reads = PolicyReads(cache_ttl=0)
-    started = asyncio.Event()
-
-    async def slow() -> str:
-        started.set()
-        await asyncio.sleep(0.2)
-        return "first"
-
-    leader = asyncio.ensure_future(reads.read("arn", "default", slow))
-    await started.wait()
-    follower = asyncio.ensure_future(
-        reads.read("arn", "default", lambda: asyncio.sleep(0, "second"))
-    )
-    await asyncio.sleep(0.01)
+    slow, own = Fetch(), Fetch()
+    own.gate.set()
+    leader = await joined(reads, slow)
+    follower = await joined(reads, own)
+    assert (slow.calls, own.calls) == (1, 0)  # the follower waits on the leader's fetch
     leader.cancel()
-    assert await follower == "second"  # it read again, itself
+    assert await follower == "v1"  # it read again, itself
+    assert (slow.calls, own.calls) == (1, 1)
     with pytest.raises(asyncio.CancelledError):
         await leader
 
 
 async def test_a_follower_retries_when_the_leaders_deadline_ran_out() -> None:
     reads = PolicyReads(cache_ttl=0)
+    gate = asyncio.Event()
 
-    async def expiring() -> str:
-        await asyncio.sleep(0.02)
+    async def expire(_: int) -> str:
+        await gate.wait()
         raise DeadlineExceeded("leader's deadline")
 
-    async def fine() -> str:
-        return "ok"
-
-    leader = asyncio.ensure_future(reads.read("arn", "default", expiring))
-    await asyncio.sleep(0)
-    follower = await reads.read("arn", "default", fine)
-    assert follower == "ok"
+    expiring, own = Fetch(expire), Fetch()
+    own.gate.set()
+    leader = await joined(reads, expiring)
+    follower = await joined(reads, own)
+    assert (expiring.calls, own.calls) == (1, 0)  # the follower waits on the leader's fetch
+    gate.set()
+    assert await follower == "v1"
+    assert (expiring.calls, own.calls) == (1, 1)
     with pytest.raises(DeadlineExceeded):
         await leader
 
 
-async def test_errors_reach_every_reader_and_the_cache_is_invalidated_by_writes() -> None:
+async def test_an_error_reaches_every_reader_of_the_fetch_and_is_not_cached() -> None:
     reads = PolicyReads(cache_ttl=60)
-    calls = 0
+    gate = asyncio.Event()
 
-    async def fetch() -> str:
-        nonlocal calls
-        calls += 1
-        return f"v{calls}"
+    async def fail_first(call: int) -> str:
+        if call == 1:
+            await gate.wait()
+            raise Unavailable("KMS is down")
+        return f"v{call}"
 
+    fetch = Fetch(fail_first)
+    readers = [await joined(reads, fetch) for _ in range(10)]
+    gate.set()
+    results = await asyncio.gather(*readers, return_exceptions=True)
+    assert fetch.calls == 1
+    assert all(isinstance(r, Unavailable) and str(r) == "KMS is down" for r in results), results
+    assert await reads.read("arn", "default", fetch) == "v2"  # the failure was not cached
+    assert fetch.calls == 2
+
+
+async def test_the_cache_serves_repeated_reads_and_a_write_invalidates_it() -> None:
+    reads = PolicyReads(cache_ttl=60)
+    fetch = Fetch()
+    fetch.gate.set()
     assert await reads.read("arn", "default", fetch) == "v1"
     assert await reads.read("arn", "default", fetch) == "v1"  # cached
+    assert fetch.calls == 1
     reads.invalidate("arn", "default")
     assert await reads.read("arn", "default", fetch) == "v2"
