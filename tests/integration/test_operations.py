@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 import urllib.request
 from typing import Any
 
@@ -109,6 +110,14 @@ async def test_the_health_listener_serves_only_health(service: RunningService) -
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+async def until_health(port: int, service: str, status: int, timeout: float = 10.0) -> None:
+    """Poll the health service until `service` reports `status`, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (now := await health_status(port, service)) != status:
+        assert time.monotonic() < deadline, f"{service!r} stayed {now}, never {status}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize(
     "settings_overrides", [{"kms_canary_key": "CANARY", "kms_canary_interval": 0.1}], indirect=True
 )
@@ -125,17 +134,9 @@ async def test_the_kms_canary_reports_kms_reachability_without_touching_liveness
     await server.startup()
     try:
         name = "kmspolicy.v1.PolicyService/kms"
-        for _ in range(50):
-            if await health_status(server.health_port, name) == SERVING:
-                break
-            await asyncio.sleep(0.05)
-        assert await health_status(server.health_port, name) == SERVING
+        await until_health(server.health_port, name, SERVING)
         faults.add(Rule("DescribeKey", "error", "KMSInternalException", status=500))
-        for _ in range(100):
-            if await health_status(server.health_port, name) == NOT_SERVING:
-                break
-            await asyncio.sleep(0.05)
-        assert await health_status(server.health_port, name) == NOT_SERVING
+        await until_health(server.health_port, name, NOT_SERVING)
         assert await health_status(server.health_port, "") == SERVING  # liveness unaffected
         assert await health_status(server.health_port, "kmspolicy.v1.PolicyService") == SERVING
     finally:
@@ -177,8 +178,7 @@ async def test_sigterm_drains_fifty_calls_in_flight_and_refuses_new_ones(
                 await asyncio.sleep(0.02)
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            assert await health_status(health_port, "") == NOT_SERVING
+            await until_health(health_port, "", NOT_SERVING)
             assert await health_status(health_port, "kmspolicy.v1.PolicyService") == NOT_SERVING
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as fresh:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:

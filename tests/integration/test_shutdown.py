@@ -9,11 +9,26 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.process import ServiceProcess, loopback_service
+
+
+async def until_draining(health_port: int, timeout: float = 10.0) -> None:
+    """Poll the health listener until the service reports NOT_SERVING (it has begun to drain)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            return
+        assert time.monotonic() < deadline, "the service never began to drain"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -23,10 +38,13 @@ async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
     proc = ServiceProcess(
         [
             *loopback_service(on=faults.url),
+            "--health-listen",
+            "127.0.0.1:0",
             "--shutdown-grace",
             "5",
         ]
     ).start()
+    health_port = next(int(r["port"]) for r in proc.logs if r.get("message") == "health listener")
     try:
         faults.add(Rule("GetKeyPolicy", "sleep", delay=1.0))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
@@ -38,7 +56,7 @@ async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
                 await asyncio.sleep(0.02)
             assert proc.proc is not None
             proc.proc.send_signal(sig)
-            await asyncio.sleep(0.2)
+            await until_draining(health_port)
             # A new call on a fresh connection is refused while draining.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as fresh:
                 try:
