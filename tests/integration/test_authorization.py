@@ -4,6 +4,7 @@ reload on change, and AIP-193 (no existence revealed to the unauthorized)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,9 +211,20 @@ async def test_the_policy_reloads_on_change_and_a_broken_file_keeps_the_old_rule
             break
         await asyncio.sleep(0.05)
     assert await outcome(service, STRANGER, "Get", keys["A"]) == OK
+    failed_reloads = reloads("error")
     authz_file.write_text("rules: [this is not valid")
-    await asyncio.sleep(0.4)
+    deadline = time.monotonic() + 10
+    while reloads("error") == failed_reloads:  # the watcher read the broken file
+        assert time.monotonic() < deadline, "the broken file was never read"
+        await asyncio.sleep(0.02)
     assert await outcome(service, STRANGER, "Get", keys["A"]) == OK  # previous rules kept
+
+
+def reloads(result: str) -> float:
+    """kms_policy_authz_reloads_total{result=...} of this process (the in-process server's)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("kms_policy_authz_reloads_total", {"result": result}) or 0.0
 
 
 async def test_an_unidentified_caller_is_unauthenticated_where_identity_is_required(
@@ -312,8 +324,10 @@ async def test_sighup_reloads_the_policy(
             authz_file.write_text(
                 f"rules:\n  - callers: ['{STRANGER}']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
             )
-            await asyncio.sleep(0.2)
-            assert await code() == DENIED  # not polled for an hour
+            window = time.monotonic() + 0.3  # not polled for an hour: nothing reads it now
+            while time.monotonic() < window:
+                assert await code() == DENIED
+                await asyncio.sleep(0.02)
             assert proc.proc is not None
             proc.proc.send_signal(__import__("signal").SIGHUP)
             for _ in range(50):
