@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
+from kms_policy_service.ratelimit.redis_store import KEY_PREFIX
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
@@ -37,6 +40,8 @@ def replicas(faults: KmsFaultInjector, redis_server: RedisServer) -> Iterator[li
         "0",
         "--rate-limit-fallback-fraction",
         "0.5",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]
     procs = [ServiceProcess(args).start() for _ in range(2)]
     yield procs
@@ -71,6 +76,53 @@ async def offer(
     return outcomes
 
 
+def is_degraded(replica: ServiceProcess) -> bool:
+    """The replica's kms_policy_ratelimit_backend_degraded gauge, scraped from /metrics."""
+    port = next(int(r["port"]) for r in replica.logs if r.get("message") == "metrics listener")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return "kms_policy_ratelimit_backend_degraded 1.0" in text
+
+
+async def until_shared_again(
+    replicas: list[ServiceProcess], stubs: list[pb_grpc.PolicyServiceStub], key_arn: str
+) -> None:
+    """Send Puts through each degraded replica (a replica retries Redis only on a call)
+    until every replica reports the shared limiter reachable again; bounded."""
+    deadline = time.monotonic() + 15
+    while waiting := [
+        stub
+        for replica, stub in zip(replicas, stubs, strict=True)
+        if await asyncio.to_thread(is_degraded, replica)
+    ]:
+        assert time.monotonic() < deadline, "a replica never found Redis again"
+        for stub in waiting:
+            try:
+                await stub.PutKeyPolicy(
+                    pb.PutKeyPolicyRequest(key_id=key_arn, policy=policy_for()), timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+        await asyncio.sleep(0.1)
+
+
+async def until_bucket_full(redis_server: RedisServer) -> None:
+    """Wait (bounded) until the shared PutKeyPolicy bucket in Redis has refilled: its GCRA
+    theoretical arrival time is not after Redis's clock."""
+    client = aioredis.from_url(redis_server.url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            tat = await client.get(KEY_PREFIX + "operation:PutKeyPolicy")
+            seconds, micros = await client.time()
+            if tat is None or float(tat) <= seconds * 1000 + micros / 1000:
+                return
+            assert time.monotonic() < deadline, "the shared bucket never refilled"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
 def within(measured: int, expected: float, tolerance: float = 0.10) -> bool:
     return abs(measured - expected) <= tolerance * expected
 
@@ -84,7 +136,8 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
     try:
         for stub in stubs:  # warm up: resolve the key in each replica, outside the window
             await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
-        await asyncio.sleep(1.0)
+        assert not any([await asyncio.to_thread(is_degraded, r) for r in replicas])
+        await until_bucket_full(redis_server)
 
         shared = await offer(stubs, key["Arn"], 3.0)
         assert set(shared) <= {"OK", "RESOURCE_EXHAUSTED"}, shared
@@ -97,12 +150,13 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
         assert degraded["OK"] > 0
         assert within(degraded["OK"], RATE * 2.0, tolerance=0.25), degraded
 
+        assert all([await asyncio.to_thread(is_degraded, r) for r in replicas])
+
         redis_server.start()
-        await asyncio.sleep(1.5)  # past the store's retry interval
         # Let each replica find Redis again (a pooled connection may still be the dead
-        # one), then let the buckets refill: the window measures the restored shared limit.
-        await offer(stubs, key["Arn"], 0.5)
-        await asyncio.sleep(1.0)
+        # one), then let the bucket refill: the window measures the restored shared limit.
+        await until_shared_again(replicas, stubs, key["Arn"])
+        await until_bucket_full(redis_server)
         recovered = await offer(stubs, key["Arn"], 3.0)
         assert set(recovered) <= {"OK", "RESOURCE_EXHAUSTED"}, recovered
         assert within(recovered["OK"], RATE * 3.0), recovered
