@@ -20,13 +20,18 @@ $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-# redis-server backs the shared rate limiter tests and jq the grpcurl kit; both come
-# from Debian's packages.
+# From Debian's packages: redis-server backs the shared rate limiter tests, jq the grpcurl
+# kit; podman (with runc; catatonit for its pods' pause image) builds and runs the image
+# and plays the manifests, mmdebstrap makes the image's local base, prometheus ships
+# promtool for the alert rules. Each is COMMAND:PACKAGE; only missing ones are installed.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SYSTEM_DEPS := redis-server:redis-server jq:jq podman:podman runc:runc catatonit:catatonit \
+	mmdebstrap:mmdebstrap promtool:prometheus
 system-deps:
 	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
+	for dep in $(SYSTEM_DEPS); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && \
