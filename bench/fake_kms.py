@@ -17,23 +17,11 @@ import sys
 
 from aiohttp import web
 
+from kms_policy_service.backend import default_key_policy
+
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-POLICY = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "Enable IAM User Permissions",
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-                "Action": "kms:*",
-                "Resource": "*",
-            }
-        ],
-    },
-    indent=2,
-)
+POLICY = default_key_policy(ACCOUNT)
 STS_IDENTITY = f"""<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <GetCallerIdentityResult>
     <Arn>arn:aws:sts::{ACCOUNT}:assumed-role/kms-policy-service/bench</Arn>

@@ -40,15 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from kms_policy_service import metrics
-from kms_policy_service.errors import Unavailable
-from kms_policy_service.ratelimit.gcra import Bucket, MemoryStore, Rate
+from kms_policy_service.errors import ServiceError, Unavailable
+from kms_policy_service.ratelimit.gcra import Bucket, MemoryStore
+from kms_policy_service.settings import (
+    DEFAULT_REFUSAL_CALLERS,
+    DEFAULT_REFUSAL_RATE,
+    DEFAULT_REFUSAL_TOTAL_RATE,
+    DEFAULT_UNAUTHORIZED_POLICY_BYTES,
+    Rate,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFUSAL_RATE = Rate(1.0, 10)  # refused-attempt records per caller: 1/s, burst 10
-DEFAULT_REFUSAL_TOTAL_RATE = Rate(20.0, 100)  # refused-attempt records from everyone together
-DEFAULT_REFUSAL_CALLERS = 10_000  # callers whose refusal bucket is tracked (least recent go)
-DEFAULT_UNAUTHORIZED_POLICY_BYTES = 1024  # of a policy kept for a caller not authorized to write
 SUMMARY_DELAY_SECONDS = 10.0  # at the latest, after the first drop, the summary is written
 UNAUTHORIZED_FIELD_CHARS = 512  # any other string an unauthorized caller chose
 SUMMARY_MAX_CALLERS = 20  # callers named in one summary; the rest are only counted
@@ -352,6 +355,10 @@ class AuditLog:
             log.error("audit log %s cannot be opened: %s", self.path, self.error)
 
     @property
+    def is_open(self) -> bool:
+        return self._file.is_open
+
+    @property
     def healthy(self) -> bool:
         """False when the log is known to be unwritable: Puts are refused before any KMS call."""
         if not self._file.is_open and not self._lock.locked():
@@ -450,3 +457,111 @@ class AuditLog:
             except OSError as exc:
                 log.error("audit summary not written: %s", exc.strerror or exc)
         self._file.close()
+
+
+class PutAudit:
+    """The audit life of one PutKeyPolicy, one method per transition it really has::
+
+        (opened) --refused--> done            nothing reached KMS; bounded per caller
+        (opened) --intent--> sending          fsynced before KMS is called
+        sending --outcome--> done             KMS answered: OK or its error
+        sending --unknown--> unknown          sent, no answer: may or may not have applied
+        unknown --settled--> done             the policy read back says which
+        (opened)/sending --cancelled-->       the caller left before KMS was asked
+
+    With no log (or a validate_only Put) every transition only moves the state.
+    """
+
+    def __init__(self, log: AuditLog | None, **fields: Any) -> None:
+        self._log = log
+        self._fields: dict[str, Any] = {"action": "PutKeyPolicy", **fields}
+        self.state = "opened"
+        self.authorized = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._log is not None
+
+    def note(self, **fields: Any) -> None:
+        """Facts learnt on the way (key ARN, etags) that every later record carries."""
+        self._fields.update(fields)
+
+    def get(self, name: str) -> Any:
+        return self._fields.get(name)
+
+    async def refused(self, error: ServiceError) -> None:
+        """Refused before the intent: anyone can cause these, so their records are bounded."""
+        self.state = "done"
+        if self._log is not None:
+            await self._log.record_refusal(
+                {**self._fields, "phase": "refused", **_failure(error)},
+                caller=self._fields.get("caller", ""),
+                authorized=self.authorized,
+            )
+
+    async def intent(self, *, previous_policy: str, changes: dict[str, list[str]]) -> None:
+        """Durably, before KMS is called: raises AUDIT_UNAVAILABLE if it cannot be written."""
+        self.note(changes=changes, previous_policy=previous_policy)
+        if self._log is not None:
+            await self._log.record({**self._fields, "phase": "intent"}, durable=True)
+        self.state = "sending"
+
+    async def sending(self) -> None:
+        """The request is about to go to KMS (also without an intent record)."""
+        self.state = "sending"
+
+    async def outcome(self, error: ServiceError | None) -> None:
+        self.state = "done"
+        if self._log is not None:
+            result = {"outcome": "OK", "reason": ""} if error is None else _failure(error)
+            await self._log.record({**self._fields, "phase": "outcome", **result}, durable=False)
+
+    async def unknown(self, what: str) -> None:
+        self.state = "unknown"
+        if self._log is not None:
+            await self._log.record(
+                {
+                    **self._fields,
+                    "phase": "unknown",
+                    "outcome": "UNKNOWN",
+                    "reason": f"{what} after the request was sent to KMS",
+                    "message": "the policy may or may not have changed; see the settled record",
+                },
+                durable=False,
+            )
+
+    async def settled(self, outcome: str, message: str) -> None:
+        self.state = "done"
+        if self._log is not None:
+            keep = ("request_id", "caller", "action", "key_arn", "policy_name")
+            await self._log.record(
+                {
+                    **{k: self._fields.get(k, "") for k in keep},
+                    "phase": "settled",
+                    "new_etag": self._fields.get("new_etag", ""),
+                    "previous_etag": self._fields.get("previous_etag", ""),
+                    "outcome": outcome,
+                    "message": message,
+                },
+                durable=False,
+            )
+
+    async def cancelled(self) -> None:
+        """The caller left; only a Put whose intent is on disk needs an outcome."""
+        if self.state == "sending" and self._log is not None and "previous_policy" in self._fields:
+            await self._log.record(
+                {**self._fields, "phase": "outcome", "outcome": "CANCELLED", "reason": "CANCELLED"},
+                durable=False,
+            )
+        self.state = "done"
+
+    async def failed(self, error: ServiceError) -> None:
+        """Whatever state the Put was in when `error` ended it."""
+        if self.state == "opened":
+            await self.refused(error)
+        elif self.state == "sending":
+            await self.outcome(error)
+
+
+def _failure(error: ServiceError) -> dict[str, str]:
+    return {"outcome": error.code.name, "reason": error.reason, "message": error.message}

@@ -6,8 +6,40 @@ aiobotocore; tests and benchmarks may plug in an in-process fake.
 
 from __future__ import annotations
 
+import enum
+import json
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class Operation(enum.StrEnum):
+    """The KMS operations the service calls (the names KMS, CloudTrail and metrics use)."""
+
+    DESCRIBE_KEY = "DescribeKey"
+    GET_KEY_POLICY = "GetKeyPolicy"
+    PUT_KEY_POLICY = "PutKeyPolicy"
+    LIST_KEY_POLICIES = "ListKeyPolicies"
+
+
+def default_key_policy(account: str, partition: str = "aws") -> str:
+    """The policy KMS gives a key created without one (KMS Developer Guide, "Default key
+    policy"): the account root may do everything, so IAM policies decide."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Id": "key-default-1",
+            "Statement": [
+                {
+                    "Sid": "Enable IAM User Permissions",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                }
+            ],
+        },
+        indent=2,
+    )
 
 
 @dataclass(frozen=True)

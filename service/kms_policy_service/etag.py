@@ -7,13 +7,16 @@ import hashlib
 import json
 from typing import Any
 
-from kms_policy_service.validation.document import canonical_json
-
 # A policy read back from KMS may hold an unpaired surrogate escape (\ud800) that
 # another tool stored: strict UTF-8 cannot encode what json.loads makes of it, and a key
 # without an etag could never be updated through the service. "surrogatepass" gives
 # such text a stable encoding and leaves every other text's bytes (and etag) unchanged.
 _ENCODING_ERRORS = "surrogatepass"
+
+
+def canonical_json(document: Any) -> str:
+    """Sorted keys, no insignificant whitespace: the form etags are computed over."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def etag_of_document(document: Any) -> str:

@@ -1,4 +1,9 @@
-"""The KMS gateway: runs one KMS operation under the limiter, the deadline and the retry policy."""
+"""The KMS gateway: the one typed way the service calls KMS.
+
+Each method is one KMS operation, run under the limiter (a token per attempt), the
+caller's deadline and the retry policy; failures come back as the caller-facing
+errors of errors.KMS_ERROR_TABLE, naming the key they were about.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kms_policy_service import metrics
-from kms_policy_service.backend import KmsFailure
+from kms_policy_service.backend import KeyMetadata, KmsBackend, KmsFailure, Operation, PolicyPage
 from kms_policy_service.errors import (
     CONNECTION_ERROR,
     HTTP_5XX,
@@ -50,15 +55,24 @@ class RetryPolicy:
     cap: float  # seconds; no backoff draws from a wider range
     margin: float  # seconds kept back from the caller's deadline
 
+    uniform: Callable[[float, float], float] = random.uniform  # injected by tests
+
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter (AWS Architecture Blog, 2015)."""
-        return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        return self.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
 class KmsGateway:
     def __init__(
-        self, limiter: Limiter, retry: RetryPolicy, *, max_concurrency: int, max_waiters: int
+        self,
+        backend: KmsBackend,
+        limiter: Limiter,
+        retry: RetryPolicy,
+        *,
+        max_concurrency: int,
+        max_waiters: int,
     ) -> None:
+        self._backend = backend
         self._limiter = limiter
         self._retry = retry
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -66,18 +80,80 @@ class KmsGateway:
         self.waiting = 0  # for a KMS connection slot
         self.in_flight = 0  # read by the kms_requests_in_flight gauge at scrape time
 
-    async def call(
+    # -- the operations -------------------------------------------------------
+
+    async def describe_key(self, key_id: str, *, region: str, ctx: RequestContext) -> KeyMetadata:
+        return await self._call(
+            Operation.DESCRIBE_KEY,
+            lambda: self._backend.describe_key(key_id, region=region),
+            ctx=ctx,
+            key_arn=None,
+        )
+
+    async def get_key_policy(
+        self, key_arn: str, policy_name: str, *, region: str, ctx: RequestContext
+    ) -> str:
+        return await self._call(
+            Operation.GET_KEY_POLICY,
+            lambda: self._backend.get_key_policy(key_arn, policy_name, region=region),
+            ctx=ctx,
+            key_arn=key_arn,
+        )
+
+    async def put_key_policy(
         self,
-        operation: str,
+        key_arn: str,
+        policy_name: str,
+        policy: str,
+        *,
+        bypass_lockout_check: bool,
+        region: str,
+        ctx: RequestContext,
+    ) -> None:
+        await self._call(
+            Operation.PUT_KEY_POLICY,
+            lambda: self._backend.put_key_policy(
+                key_arn,
+                policy_name,
+                policy,
+                bypass_lockout_check=bypass_lockout_check,
+                region=region,
+            ),
+            ctx=ctx,
+            key_arn=key_arn,
+            key_bucket=True,  # writes also spend the key's own bucket
+        )
+
+    async def list_key_policies(
+        self,
+        key_arn: str,
+        *,
+        limit: int | None,
+        marker: str | None,
+        region: str,
+        ctx: RequestContext,
+    ) -> PolicyPage:
+        return await self._call(
+            Operation.LIST_KEY_POLICIES,
+            lambda: self._backend.list_key_policies(
+                key_arn, limit=limit, marker=marker, region=region
+            ),
+            ctx=ctx,
+            key_arn=key_arn,
+        )
+
+    # -- the machinery --------------------------------------------------------
+
+    async def _call(
+        self,
+        operation: Operation,
         fn: Callable[[], Awaitable[T]],
         *,
         ctx: RequestContext,
-        key: str | None = None,
+        key_arn: str | None,
+        key_bucket: bool = False,
     ) -> T:
-        """Run `fn` (one KMS request) with retries; every attempt takes a limiter token.
-
-        `key` names the key for the per-key bucket (writes only).
-        """
+        """Run `fn` (one KMS request) with retries; every attempt takes a limiter token."""
         attempt = 0
         while True:
             attempt += 1
@@ -85,7 +161,10 @@ class KmsGateway:
             if budget <= 0:
                 raise _deadline(operation)
             await self._limiter.acquire(
-                operation, caller=ctx.rate_key, key=key, deadline=ctx.deadline - self._retry.margin
+                operation,
+                caller=ctx.rate_key,
+                key=key_arn if key_bucket else None,
+                deadline=ctx.deadline - self._retry.margin,
             )
             budget = ctx.remaining() - self._retry.margin
             if budget <= 0:
@@ -122,7 +201,7 @@ class KmsGateway:
                     failure.message,
                     operation=operation,
                     http_status=failure.http_status,
-                    key_arn=ctx.key_arn or None,
+                    key_arn=key_arn,
                 ) from failure
 
     async def _attempt(

@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kms_policy_service.contract import POLICY_SERVICE
+
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "kmspolicy.v1.PolicyService"
-CANARY_NAME = "kmspolicy.v1.PolicyService/kms"
+SERVICE_NAME = POLICY_SERVICE
+CANARY_NAME = f"{POLICY_SERVICE}/kms"
 SERVED = ("", SERVICE_NAME)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,10 +25,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from kms_policy_service import __version__
+from kms_policy_service._version import __version__
 from kms_policy_service.backend import CallerIdentity, KeyMetadata, KmsFailure, PolicyPage
 from kms_policy_service.errors import CONNECTION_ERROR, CREDENTIALS_MISSING, READ_TIMEOUT
-from kms_policy_service.settings import Settings
 
 
 @contextmanager
@@ -66,16 +66,29 @@ def _header_error_code(headers: Mapping[str, Any]) -> str:
     return ""
 
 
-def client_config(settings: Settings) -> AioConfig:
+@dataclass(frozen=True)
+class ClientConfig:
+    """What the KMS and STS clients need to know (built from Settings by the lifecycle)."""
+
+    region: str
+    regions: frozenset[str]  # every Region served: the home Region and the allowed ones
+    kms_endpoint_url: str | None = None  # None: the AWS SDK's own resolution
+    sts_endpoint_url: str | None = None
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_pool_connections: int = 64
+
+
+def client_config(settings: ClientConfig) -> AioConfig:
     # The service owns its retry loop (deadlines, rate-limit tokens): botocore makes
     # exactly one attempt. Timeouts far below botocore's 60 s defaults.
     return AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         # Names the service in CloudTrail's userAgent, so auditors can tell its calls apart.
         user_agent_appid=f"kms-policy-service/{__version__}",
-        connect_timeout=settings.kms_connect_timeout,
-        read_timeout=settings.kms_read_timeout,
-        max_pool_connections=settings.kms_max_pool_connections,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=settings.max_pool_connections,
     )
 
 
@@ -90,7 +103,7 @@ class AioKmsBackend:
     @asynccontextmanager
     async def open(
         cls,
-        settings: Settings,
+        settings: ClientConfig,
         *,
         credentials: tuple[str, str] | None = None,
     ) -> AsyncIterator[AioKmsBackend]:
@@ -106,7 +119,7 @@ class AioKmsBackend:
             extra = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
         async with AsyncExitStack() as stack:
             clients: dict[str, Any] = {}
-            for region in sorted({settings.region, *settings.allowed_regions}):
+            for region in sorted({settings.region, *settings.regions}):
                 clients[region] = await stack.enter_async_context(
                     session.create_client(
                         "kms",

@@ -12,28 +12,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from kms_policy_service.backend import default_key_policy
+
 DEMO_ALIAS = "alias/demo"
 LOCAL_CREDENTIALS = ("testing", "testing")  # moto checks no signatures
-
-
-def demo_policy(account: str) -> str:
-    """The KMS default key policy: the account (its IAM policies) may do everything."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Id": "demo-key-policy",
-            "Statement": [
-                {
-                    "Sid": "Enable IAM User Permissions",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-                    "Action": "kms:*",
-                    "Resource": "*",
-                }
-            ],
-        },
-        indent=2,
-    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +77,7 @@ class LocalKms:
         meta = self._call(
             "kms",
             "TrentService.CreateKey",
-            {"Description": "kms-policy-service demo key", "Policy": demo_policy(account)},
+            {"Description": "kms-policy-service demo key", "Policy": default_key_policy(account)},
         )["KeyMetadata"]
         self._call(
             "kms", "TrentService.CreateAlias", {"AliasName": alias, "TargetKeyId": meta["KeyId"]}

@@ -36,24 +36,14 @@ DEFAULT_LEASE_SECONDS = 10.0
 
 
 class KeyLocks:
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        *,
-        timeout: float = 0.25,
-        lease: float = DEFAULT_LEASE_SECONDS,
-    ) -> None:
+    def __init__(self, redis: Any = None, *, lease: float = DEFAULT_LEASE_SECONDS) -> None:
+        """`redis`: the shared limiter's client (one connection pool for both), or None."""
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._redis: Any = None
+        self._redis: Any = redis
         self.lease = lease
-        if redis_url:
-            import redis.asyncio as aioredis  # only with a Redis backend: it costs memory
-
-            self._redis = aioredis.from_url(
-                redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-            self._release = self._redis.register_script(_RELEASE)
-            self._renew = self._redis.register_script(_RENEW)
+        if redis is not None:
+            self._release = redis.register_script(_RELEASE)
+            self._renew = redis.register_script(_RENEW)
         self._warned = False
 
     @asynccontextmanager
@@ -133,10 +123,6 @@ class KeyLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 def _redis_error() -> type[Exception]:

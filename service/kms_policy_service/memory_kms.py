@@ -1,21 +1,51 @@
-"""An in-memory KmsBackend: keys, aliases and policies in a dict, zero latency.
+"""An in-memory KmsBackend: keys, aliases and policies in a dict, with scripted faults.
 
-For benchmarks of the service's own cost and for tests of layers above the
-backend. The service's real path is always kms.AioKmsBackend over HTTP.
+For unit tests of the layers above the backend (servicer, resolver, gateway) and for
+benchmarks of the service's own cost. `faults` are ordered rules like those of the
+HTTP fault injector the integration tests put in front of moto: the first rule that
+matches an operation fails it with a KMS error code, delays it, or both. Every call
+is recorded in `calls`. The service's real path is always kms.AioKmsBackend over HTTP.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import uuid
+from dataclasses import dataclass, field
 
-from kms_policy_service.backend import CallerIdentity, KeyMetadata, KmsFailure, PolicyPage
+from kms_policy_service.backend import (
+    CallerIdentity,
+    KeyMetadata,
+    KmsFailure,
+    PolicyPage,
+    default_key_policy,
+)
 
 
+@dataclass
+class Fault:
+    operation: str  # an Operation value, or "*" for any
+    error_code: str = ""  # "": answer normally (after `delay`)
+    http_status: int = 400
+    delay: float = 0.0  # seconds before answering or failing
+    times: int | None = None  # None: every matching call
+
+
+@dataclass
+class Call:
+    operation: str
+    key_id: str
+    abandoned: bool = False  # the caller gave up (was cancelled) before the answer
+
+
+@dataclass
 class MemoryKms:
-    def __init__(self, *, account: str = "123456789012", region: str = "us-east-1") -> None:
-        self.account = account
-        self.region = region
+    account: str = "123456789012"
+    region: str = "us-east-1"
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
         self._policies: dict[str, dict[str, str]] = {}
         self._aliases: dict[str, str] = {}
         self._managers: dict[str, str] = {}
@@ -25,30 +55,17 @@ class MemoryKms:
     ) -> str:
         key_id = str(uuid.uuid4())
         arn = f"arn:aws:kms:{self.region}:{self.account}:key/{key_id}"
-        self._policies[arn] = {"default": policy or self.default_policy()}
+        self._policies[arn] = {"default": policy or default_key_policy(self.account)}
         self._managers[arn] = manager
         if alias:
             self._aliases[alias] = arn
         return arn
 
-    def default_policy(self) -> str:
-        return json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "Enable IAM User Permissions",
-                        "Effect": "Allow",
-                        "Principal": {"AWS": f"arn:aws:iam::{self.account}:root"},
-                        "Action": "kms:*",
-                        "Resource": "*",
-                    }
-                ],
-            }
-        )
-
     def alias(self, alias: str, key_arn: str) -> None:
         self._aliases[alias] = key_arn
+
+    def operations(self) -> list[str]:
+        return [c.operation for c in self.calls]
 
     def _arn(self, key_id: str) -> str:
         if key_id in self._policies:
@@ -65,11 +82,38 @@ class MemoryKms:
                 return arn
         raise KmsFailure("NotFoundException", f"Key '{key_id}' does not exist", http_status=400)
 
+    async def _enter(self, operation: str, key_id: str) -> None:
+        """Record the call and apply the first matching fault."""
+        call = Call(operation, key_id)
+        self.calls.append(call)
+        fault = next(
+            (
+                f
+                for f in self.faults
+                if f.operation in (operation, "*") and (f.times is None or f.times > 0)
+            ),
+            None,
+        )
+        if fault is None:
+            return
+        if fault.times is not None:
+            fault.times -= 1
+        if fault.delay:
+            try:
+                await asyncio.sleep(fault.delay)
+            except asyncio.CancelledError:
+                call.abandoned = True
+                raise
+        if fault.error_code:
+            raise KmsFailure(fault.error_code, "injected", http_status=fault.http_status)
+
     async def describe_key(self, key_id: str, *, region: str) -> KeyMetadata:
+        await self._enter("DescribeKey", key_id)
         arn = self._arn(key_id)
         return KeyMetadata(arn, arn.rsplit("/", 1)[1], self._managers[arn], "Enabled")
 
     async def get_key_policy(self, key_arn: str, policy_name: str, *, region: str) -> str:
+        await self._enter("GetKeyPolicy", key_arn)
         policies = self._policies[self._arn(key_arn)]
         if policy_name not in policies:
             raise KmsFailure("NotFoundException", "No such policy exists", http_status=400)
@@ -84,11 +128,13 @@ class MemoryKms:
         bypass_lockout_check: bool,
         region: str,
     ) -> None:
+        await self._enter("PutKeyPolicy", key_arn)
         self._policies[self._arn(key_arn)][policy_name] = policy
 
     async def list_key_policies(
         self, key_arn: str, *, limit: int | None, marker: str | None, region: str
     ) -> PolicyPage:
+        await self._enter("ListKeyPolicies", key_arn)
         return PolicyPage(tuple(self._policies[self._arn(key_arn)]), None)
 
     async def get_caller_identity(self) -> CallerIdentity:

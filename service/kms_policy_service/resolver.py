@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from kms_policy_service.backend import KeyMetadata, KmsBackend
+from kms_policy_service.backend import KeyMetadata
 from kms_policy_service.errors import FieldViolation, InvalidArgument
 from kms_policy_service.gateway import KmsGateway
 from kms_policy_service.reads import SingleFlight
@@ -31,7 +31,6 @@ class ResolvedKey:
 class KeyResolver:
     def __init__(
         self,
-        backend: KmsBackend,
         gateway: KmsGateway,
         *,
         account: str,
@@ -40,7 +39,6 @@ class KeyResolver:
         ttl: float,
         max_entries: int,
     ) -> None:
-        self._backend = backend
         self._gateway = gateway
         self._account = account
         self._home_region = home_region
@@ -68,13 +66,7 @@ class KeyResolver:
             return hit[1]
         # Concurrent misses for one key share one DescribeKey (a cold start under load).
         metadata = await self._describe.read(
-            region,
-            ref.raw,
-            lambda: self._gateway.call(
-                "DescribeKey",
-                lambda: self._backend.describe_key(ref.raw, region=region),
-                ctx=ctx,
-            ),
+            region, ref.raw, lambda: self._gateway.describe_key(ref.raw, region=region, ctx=ctx)
         )
         if f":{self._account}:" not in metadata.arn:
             # An alias cannot point across accounts; refuse rather than trust it.

@@ -1,11 +1,15 @@
-"""The server lifecycle: build, register, start, wait for stop, drain, close.
+"""The server lifecycle: build, bind, start, wait for stop, drain, close.
 
-    serve -> startup -> (wait for SIGTERM/SIGINT) -> shutdown
+    serve: signals captured -> try: startup -> wait for SIGTERM/SIGINT
+                               finally: shutdown
 
-startup: [local KMS] -> KMS clients -> STS identity -> limiter, locks, authz, audit
-         -> servicer -> gRPC listener (TLS when configured) -> health SERVING.
-shutdown: health NOT_SERVING -> server.stop(grace) -> background tasks -> close the
-          KMS clients, Redis and the audit log (one AsyncExitStack, in reverse order).
+startup: authz, TLS, audit (local, cheap) -> [local KMS] -> KMS clients ->
+         components.build_components (STS identity, limiter, gateway, servicer...)
+         -> bind the gRPC listener -> health/metrics listeners -> start -> SERVING.
+shutdown: health NOT_SERVING -> server.stop(grace) -> cancelled handlers and
+          read-backs finish -> background tasks -> close the KMS clients, Redis and
+          the audit log (one AsyncExitStack, in reverse order). It also runs after a
+          failed start, undoing whatever had been done.
 """
 
 from __future__ import annotations
@@ -20,35 +24,30 @@ import shlex
 import signal
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kms_policy_service import __version__, metrics
-from kms_policy_service.admission import Admission, AdmissionLimits
+from kms_policy_service import metrics
+from kms_policy_service._version import __version__
+from kms_policy_service.admission import Admission
 from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
-from kms_policy_service.gateway import KmsGateway, RetryPolicy
+from kms_policy_service.components import Components, build_components, build_local
+from kms_policy_service.contract import POLICY_SERVICE
 from kms_policy_service.health import Health
-from kms_policy_service.identity import Identifier
 from kms_policy_service.local_kms import DemoKey
-from kms_policy_service.locks import KeyLocks
-from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
-from kms_policy_service.reads import PolicyReads
+from kms_policy_service.ratelimit import RateLimiter
 from kms_policy_service.request import RequestContext
-from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.servicer import PolicyServicer
 from kms_policy_service.settings import Settings, split_host_port
-from kms_policy_service.tls import server_credentials
-from kms_policy_service.validation import ServicePrincipal, parse_key_id
-from kmspolicy.v1 import policy_service_pb2, policy_service_pb2_grpc
+from kms_policy_service.validation import parse_key_id
+from kmspolicy.v1 import policy_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-POLICY_SERVICE = policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 INSECURE_WARNING_INTERVAL_SECONDS = 3600.0
 KEEPALIVE_MIN_PING_MS = 30_000
@@ -92,9 +91,7 @@ def create_server(
         port = server.add_insecure_port(settings.listen)
     else:
         port = server.add_secure_port(settings.listen, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {settings.listen}")
-    return server, port
+    return server, port  # grpcio >= 1.85 raises when it cannot bind
 
 
 def _ms(seconds: float) -> int:
@@ -154,115 +151,40 @@ class Server:
         self._should_exit.set()
 
     async def startup(self) -> None:
+        """Build, bind, start; on failure the caller's shutdown() undoes what was done."""
         settings = self.settings
         await self.health.not_serving()
-        # Cheap, local things first: a bad authz file or TLS pair fails before KMS is touched.
-        self.authorizer = Authorizer(Path(settings.authz_policy) if settings.authz_policy else None)
-        credentials = None
-        if settings.tls_cert and settings.tls_key:
-            credentials, _ = server_credentials(
-                Path(settings.tls_cert),
-                Path(settings.tls_key),
-                Path(settings.tls_client_ca) if settings.tls_client_ca else None,
-            )
-        audit = None
-        if settings.audit_log:
-            audit = AuditLog(
-                settings.audit_log,
-                omit_policies=settings.audit_omit_policies,
-                refusal_rate=settings.audit_refusal_rate,
-                refusal_total_rate=settings.audit_refusal_total_rate,
-                refusal_callers=settings.audit_refusal_callers,
-                unauthorized_policy_bytes=settings.audit_unauthorized_policy_bytes,
-            )
-            self._stack.callback(audit.close)
-        self.audit = audit
-
+        local = build_local(settings, self._stack)  # a bad file fails before KMS is touched
+        self.authorizer, self.audit = local.authorizer, local.audit
         backend = self._backend
         if backend is None:
             backend, settings = await self._open_kms(settings)
-        identity = await backend.get_caller_identity()
-        principal = ServicePrincipal.from_caller_identity(identity.account, identity.arn)
+        parts = await build_components(settings, backend, local, self._stack)
         log.info(
             "KMS ready",
             extra={
                 "region": settings.region,
-                "account": identity.account,
-                "principal": principal.arn,
+                "account": parts.account,
+                "principal": parts.principal.arn,
             },
         )
-
-        self.limiter = RateLimiter(
-            Limits(
-                operations=settings.kms_rate_limits,
-                caller=settings.caller_rate_limit,
-                key_writes=settings.key_write_rate_limit,
-                max_queue_wait=settings.max_queue_wait,
-                max_waiters=settings.max_waiters,
-            ),
-            self._shared_store(settings),
-        )
-        gateway = KmsGateway(
-            self.limiter,
-            RetryPolicy(
-                max_attempts=settings.retry_max_attempts,
-                base=settings.retry_base,
-                cap=settings.retry_cap,
-                margin=settings.deadline_margin,
-            ),
-            max_concurrency=settings.max_concurrency,
-            max_waiters=settings.max_waiters,
-        )
-        locks = KeyLocks(settings.rate_limit_backend, lease=settings.lock_lease)
-        self._stack.push_async_callback(locks.close)
-        servicer_resolver = KeyResolver(
-            backend,
-            gateway,
-            account=identity.account,
-            home_region=settings.region,
-            allowed_regions=settings.allowed_regions,
-            ttl=settings.key_cache_ttl,
-            max_entries=settings.key_cache_max_entries,
-        )
-        identifier = Identifier(
-            loopback_listener=settings.listen_is_loopback,
-            trusted_proxies=settings.trusted_proxies,
-            tls=settings.tls,
-        )
-        admission = Admission(
-            AdmissionLimits(
-                max_rpcs_per_caller=min(settings.max_rpcs_per_caller, settings.max_concurrent_rpcs),
-                receive_timeout=settings.request_receive_timeout,
-                caller_rpc_rate=settings.caller_rpc_rate_limit,
-                caller_refusal_rate=settings.caller_refusal_rate_limit,
-            ),
-            identifier,
-        )
-        self.admission = admission
-        self.servicer = servicer = PolicyServicer(
-            backend=backend,
-            gateway=gateway,
-            resolver=servicer_resolver,
-            principal=principal,
-            reads=PolicyReads(cache_ttl=settings.read_cache_ttl),
-            identifier=identifier,
-            authorizer=self.authorizer,
-            audit=audit,
-            locks=locks,
-            default_deadline=settings.default_deadline,
-            max_deadline=settings.max_deadline,
-            max_findings=settings.max_findings,
-            max_lock_wait=settings.max_lock_wait,
-        )
-
-        # Gauges read at scrape time: nothing on the request path.
-        metrics.rpcs_in_flight.set_function(lambda: servicer.in_flight)
-        metrics.kms_requests_in_flight.set_function(lambda: gateway.in_flight)
-        shared = self.limiter.shared
-        metrics.ratelimit_backend_degraded.set_function(lambda: 1 if shared.degraded else 0)
+        self.limiter, self.admission, self.servicer = parts.limiter, parts.admission, parts.servicer
+        _export_gauges(parts)
         self._server, self.port = create_server(
-            settings, servicer, self.health, admission, credentials
+            settings, parts.servicer, self.health, parts.admission, local.credentials
         )
+        await self._start_side_listeners(settings)
+        await self._server.start()
+        self._start_background(settings, parts)
+        _release_startup_memory()
+        await self.health.serving()
+        log.info(
+            "serving",
+            extra={"listen": settings.listen, "port": self.port, "tls": settings.tls},
+        )
+        self._log_demo(settings)
+
+    async def _start_side_listeners(self, settings: Settings) -> None:
         if settings.health_listen:
             self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)
             await self._probe_server.start()
@@ -281,50 +203,30 @@ class Server:
             self._stack.callback(httpd.server_close)
             self._stack.push_async_callback(asyncio.to_thread, httpd.shutdown)
         metrics.set_build_info(__version__)
-        await self._server.start()
+
+    def _start_background(self, settings: Settings, parts: Components) -> None:
         if settings.kms_canary_key:
             ref = parse_key_id(settings.kms_canary_key, field="--kms-canary-key")
-            region = servicer_resolver.region_of(ref)
+            region = parts.resolver.region_of(ref)
             canary_ctx = functools.partial(_canary_context, settings.kms_canary_interval)
+            gateway = parts.gateway
             self._tasks.append(
                 asyncio.create_task(
                     self.health.canary(
-                        lambda: gateway.call(
-                            "DescribeKey",
-                            lambda: backend.describe_key(ref.raw, region=region),
-                            ctx=canary_ctx(),
-                        ),
+                        lambda: gateway.describe_key(ref.raw, region=region, ctx=canary_ctx()),
                         settings.kms_canary_interval,
                     )
                 )
             )
-        if self.authorizer.path is not None:
+        if self.authorizer is not None and self.authorizer.path is not None:
             self._tasks.append(
                 asyncio.create_task(self.authorizer.watch(settings.authz_reload_interval))
             )
         if settings.insecure and not settings.listen_is_loopback:
             self._tasks.append(asyncio.create_task(self._warn_insecure()))
-        _release_startup_memory()
-        await self.health.serving()
-        log.info(
-            "serving",
-            extra={"listen": settings.listen, "port": self.port, "tls": settings.tls},
-        )
-        self._log_demo(settings)
-
-    def _shared_store(self, settings: Settings) -> SharedStore:
-        if not settings.rate_limit_backend:
-            return LocalStore()
-        from kms_policy_service.ratelimit.redis_store import RedisStore  # only when configured
-
-        store = RedisStore(
-            settings.rate_limit_backend, fallback_fraction=settings.rate_limit_fallback_fraction
-        )
-        self._stack.push_async_callback(store.close)
-        return store
 
     async def _open_kms(self, settings: Settings) -> tuple[KmsBackend, Settings]:
-        from kms_policy_service.kms import AioKmsBackend
+        from kms_policy_service.kms import AioKmsBackend, ClientConfig
 
         credentials = None
         if settings.local_kms:
@@ -335,8 +237,17 @@ class Server:
                 settings, kms_endpoint_url=local.endpoint_url, sts_endpoint_url=local.endpoint_url
             )
             credentials = LOCAL_CREDENTIALS
+        config = ClientConfig(
+            region=settings.region,
+            regions=frozenset({settings.region, *settings.allowed_regions}),
+            kms_endpoint_url=settings.kms_endpoint_url,
+            sts_endpoint_url=settings.sts_endpoint_url,
+            connect_timeout=settings.kms_connect_timeout,
+            read_timeout=settings.kms_read_timeout,
+            max_pool_connections=settings.kms_max_pool_connections,
+        )
         backend = await self._stack.enter_async_context(
-            AioKmsBackend.open(settings, credentials=credentials)
+            AioKmsBackend.open(config, credentials=credentials)
         )
         if settings.local_kms:
             identity = await backend.get_caller_identity()
@@ -383,6 +294,14 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
         log.info("stopped")
+
+
+def _export_gauges(parts: Components) -> None:
+    """Gauges read at scrape time: nothing on the request path."""
+    servicer, gateway, shared = parts.servicer, parts.gateway, parts.limiter.shared
+    metrics.rpcs_in_flight.set_function(lambda: servicer.in_flight)
+    metrics.kms_requests_in_flight.set_function(lambda: gateway.in_flight)
+    metrics.ratelimit_backend_degraded.set_function(lambda: 1 if shared.degraded else 0)
 
 
 def _canary_context(interval: float) -> RequestContext:

@@ -6,14 +6,49 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kms_policy_service.audit import (
-    DEFAULT_REFUSAL_CALLERS,
-    DEFAULT_REFUSAL_RATE,
-    DEFAULT_REFUSAL_TOTAL_RATE,
-    DEFAULT_UNAUTHORIZED_POLICY_BYTES,
-)
-from kms_policy_service.ratelimit.gcra import Rate
-from kms_policy_service.ratelimit.limiter import DEFAULT_KEY_WRITE_RATE, DEFAULT_OPERATION_RATES
+from kms_policy_service.backend import Operation
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`rate` tokens per second, at most `burst` at once."""
+
+    rate: float
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("a rate must be positive and its burst at least 1")
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.rate
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """RATE[:BURST], e.g. `5` or `5:10`; the burst defaults to max(1, RATE)."""
+        rate_text, _, burst_text = text.partition(":")
+        rate = float(rate_text)
+        burst = int(burst_text) if burst_text else max(1, int(rate))
+        return cls(rate, burst)
+
+    def __str__(self) -> str:
+        return f"{self.rate:g}/s burst {self.burst}"
+
+
+# Well under the published KMS defaults (Put 15/s, Get 1000/s, List 100/s, Describe 2000/s),
+# which every workload in the account shares.
+DEFAULT_OPERATION_RATES: Mapping[str, Rate] = {
+    Operation.PUT_KEY_POLICY: Rate(5, 5),
+    Operation.GET_KEY_POLICY: Rate(200, 200),
+    Operation.LIST_KEY_POLICIES: Rate(20, 20),
+    Operation.DESCRIBE_KEY: Rate(200, 200),
+}
+DEFAULT_KEY_WRITE_RATE = Rate(1, 1)  # KMS throttles "hot keys" changed too often
+DEFAULT_REFUSAL_RATE = Rate(1.0, 10)  # refused-attempt audit records per caller: 1/s, burst 10
+DEFAULT_REFUSAL_TOTAL_RATE = Rate(20.0, 100)  # refused-attempt records from everyone together
+DEFAULT_REFUSAL_CALLERS = 10_000  # callers whose refusal bucket is tracked (least recent go)
+DEFAULT_UNAUTHORIZED_POLICY_BYTES = 1024  # of a policy kept for a caller not authorized to write
 
 # Named defaults, with their units.
 DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: safe for sidecar mode
@@ -50,7 +85,7 @@ DEFAULT_MAX_FINDINGS = 100  # per ValidateKeyPolicy answer, then one TOO_MANY_FI
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
 DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
 DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
-KMS_OPERATIONS = ("PutKeyPolicy", "GetKeyPolicy", "ListKeyPolicies", "DescribeKey")
+KMS_OPERATIONS = tuple(Operation)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from kms_policy_service.audit import DEFAULT_REFUSAL_RATE
+from kms_policy_service.settings import DEFAULT_REFUSAL_RATE
 from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import RunningService
 

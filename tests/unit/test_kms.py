@@ -14,8 +14,7 @@ from botocore.exceptions import (
 
 from kms_policy_service import errors
 from kms_policy_service.backend import KmsFailure
-from kms_policy_service.kms import _translate, client_config
-from kms_policy_service.settings import Settings
+from kms_policy_service.kms import ClientConfig, _translate, client_config
 
 
 @pytest.mark.parametrize(
@@ -55,7 +54,7 @@ def test_a_client_error_without_a_code_keeps_the_http_status() -> None:
 
 
 def test_client_config_owns_retries_and_bounds_timeouts() -> None:
-    config = client_config(Settings())
+    config = client_config(ClientConfig(region="us-east-1", regions=frozenset({"us-east-1"})))
     assert config.retries == {"mode": "standard", "total_max_attempts": 1}
     assert config.connect_timeout == 2.0 and config.read_timeout == 5.0
     assert config.max_pool_connections == 64

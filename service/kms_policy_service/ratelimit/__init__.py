@@ -2,8 +2,6 @@
 
 from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore, Rate
 from kms_policy_service.ratelimit.limiter import (
-    DEFAULT_KEY_WRITE_RATE,
-    DEFAULT_OPERATION_RATES,
     Limiter,
     Limits,
     LocalStore,
@@ -11,6 +9,7 @@ from kms_policy_service.ratelimit.limiter import (
     RateLimiter,
     SharedStore,
 )
+from kms_policy_service.settings import DEFAULT_KEY_WRITE_RATE, DEFAULT_OPERATION_RATES
 
 __all__ = [
     "DEFAULT_KEY_WRITE_RATE",

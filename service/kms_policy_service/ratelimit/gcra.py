@@ -14,34 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kms_policy_service.settings import Rate as Rate  # the configured value type
+
 _EPSILON = 1e-9  # seconds: float rounding must not cost a burst its last token
-
-
-@dataclass(frozen=True)
-class Rate:
-    """`rate` tokens per second, at most `burst` at once."""
-
-    rate: float
-    burst: int = 1
-
-    def __post_init__(self) -> None:
-        if self.rate <= 0 or self.burst < 1:
-            raise ValueError("a rate must be positive and its burst at least 1")
-
-    @property
-    def interval(self) -> float:
-        return 1.0 / self.rate
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """RATE[:BURST], e.g. `5` or `5:10`; the burst defaults to max(1, RATE)."""
-        rate_text, _, burst_text = text.partition(":")
-        rate = float(rate_text)
-        burst = int(burst_text) if burst_text else max(1, int(rate))
-        return cls(rate, burst)
-
-    def __str__(self) -> str:
-        return f"{self.rate:g}/s burst {self.burst}"
 
 
 @dataclass(frozen=True)

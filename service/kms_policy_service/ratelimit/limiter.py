@@ -15,20 +15,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kms_policy_service import metrics
+from kms_policy_service.backend import Operation
 from kms_policy_service.errors import QuotaViolation, ResourceExhausted
-from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore, Rate
+from kms_policy_service.ratelimit.gcra import Bucket, Decision, MemoryStore
+from kms_policy_service.settings import (
+    DEFAULT_KEY_WRITE_RATE,
+    DEFAULT_OPERATION_RATES,
+    Rate,
+)
 
-WRITE_OPERATION = "PutKeyPolicy"
-
-# Well under the published KMS defaults (Put 15/s, Get 1000/s, List 100/s, Describe 2000/s),
-# which every workload in the account shares.
-DEFAULT_OPERATION_RATES: Mapping[str, Rate] = {
-    "PutKeyPolicy": Rate(5, 5),
-    "GetKeyPolicy": Rate(200, 200),
-    "ListKeyPolicies": Rate(20, 20),
-    "DescribeKey": Rate(200, 200),
-}
-DEFAULT_KEY_WRITE_RATE = Rate(1, 1)  # KMS throttles "hot keys" changed too often
+WRITE_OPERATION = Operation.PUT_KEY_POLICY
 
 
 class Limiter(Protocol):

@@ -70,6 +70,7 @@ class RedisStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=5
         )
         self._script = self._redis.register_script(_GCRA)
+        self.client = self._redis  # shared with the key locks: one pool per replica
         self._fraction = fallback_fraction
         self._fallback = MemoryStore(clock)
         self._clock = clock

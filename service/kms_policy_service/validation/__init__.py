@@ -1,6 +1,6 @@
 """Pure request validation: request fields in, clean values or findings out."""
 
-from kms_policy_service.validation.document import ParsedPolicy, canonical_json, parse_policy
+from kms_policy_service.validation.document import ParsedPolicy, parse_policy
 from kms_policy_service.validation.findings import Finding, Severity
 from kms_policy_service.validation.keys import KeyKind, KeyRef, check_key_scope, parse_key_id
 from kms_policy_service.validation.lockout import ServicePrincipal, lockout_findings
@@ -13,7 +13,6 @@ __all__ = [
     "ParsedPolicy",
     "ServicePrincipal",
     "Severity",
-    "canonical_json",
     "check_key_scope",
     "lockout_findings",
     "parse_key_id",

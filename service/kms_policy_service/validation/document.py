@@ -719,8 +719,3 @@ def key_resource_findings(doc: dict[str, Any], key_arn: str) -> Iterator[Finding
                 f"{path}.Resource",
                 f"no Resource matches this key ({key_arn}), so the statement can never take effect",
             )
-
-
-def canonical_json(document: Any) -> str:
-    """Sorted keys, no insignificant whitespace: the form etags are computed over."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
