@@ -146,6 +146,7 @@ async def test_past_the_concurrency_bound_calls_are_shed_at_once(
     keys = [kms.create_key(Policy=policy_for())["KeyMetadata"] for _ in range(2)]
     for k in keys:
         await service.stub.GetKeyPolicy(get(k))
+    faults.clear()  # so the wait below sees the slow call, not the warm-up ones
     faults.add(Rule("GetKeyPolicy", "sleep", delay=0.5))
     slow = asyncio.ensure_future(service.stub.GetKeyPolicy(get(keys[0])))
     while "GetKeyPolicy" not in faults.operations():
