@@ -1,7 +1,7 @@
 """Python client for kms-policy-service: async and sync clients, typed results and errors."""
 
-from kms_policy_client.client import PolicyClient, PolicyClientSync
-from kms_policy_client.errors import (
+from kms_policy_client._client import PolicyClient, PolicyClientSync
+from kms_policy_client._errors import (
     DeadlineExceededError,
     EtagMismatchError,
     InternalError,
@@ -11,13 +11,16 @@ from kms_policy_client.errors import (
     PermissionDeniedError,
     PolicyError,
     PreconditionFailedError,
+    PreconditionViolation,
+    QuotaViolation,
     RateLimitedError,
+    Resource,
     UnauthenticatedError,
     UnavailableError,
     Violation,
 )
-from kms_policy_client.options import ClientOptions, TLSConfig
-from kms_policy_client.results import Finding, Policy, PutResult, Severity, ValidationResult
+from kms_policy_client._options import ClientOptions, TLSConfig
+from kms_policy_client._results import Finding, Policy, PutResult, Severity, ValidationResult
 
 __all__ = [
     "ClientOptions",
@@ -34,8 +37,11 @@ __all__ = [
     "PolicyClientSync",
     "PolicyError",
     "PreconditionFailedError",
+    "PreconditionViolation",
     "PutResult",
+    "QuotaViolation",
     "RateLimitedError",
+    "Resource",
     "Severity",
     "TLSConfig",
     "UnauthenticatedError",
@@ -43,3 +49,8 @@ __all__ = [
     "ValidationResult",
     "Violation",
 ]
+
+# Public names say where to import them from (tracebacks, reprs, docs), as httpx does.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -13,8 +13,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from kms_policy_client.errors import EtagMismatchError
-from kms_policy_client.results import Finding, Policy, PutResult, Severity, ValidationResult
+from kms_policy_client._errors import EtagMismatchError
+from kms_policy_client._results import Finding, Policy, PutResult, Severity, ValidationResult
 from kmspolicy.v1 import policy_service_pb2 as pb
 
 PolicyText = str | dict[str, Any]

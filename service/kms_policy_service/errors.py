@@ -24,6 +24,7 @@ This module imports only grpc and google.rpc (and the standard library).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -450,6 +451,13 @@ def _status(
     metadata = {k: clip(v) for k, v in error.metadata.items()}
     if request_id:
         metadata["requestId"] = request_id
+    paths = [clip(v.path) for v in violations[:keep]]
+    if any(paths):
+        # The JSON path of each BadRequest violation below, in order ("" where none, and
+        # for the TOO_MANY_FINDINGS summary): clients need not split it out of the
+        # description, which keeps its "path: " prefix for older clients.
+        paths += [""] if keep < len(violations) else []
+        metadata["violationPaths"] = json.dumps(paths, ensure_ascii=False, separators=(",", ":"))
     status = status_pb2.Status(code=error.code.value[0], message=clip(error.message))
     status.details.add().Pack(
         error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)

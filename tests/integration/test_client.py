@@ -16,11 +16,16 @@ from kms_policy_client import (
     PermissionDeniedError,
     PolicyClient,
     PolicyClientSync,
+    PreconditionFailedError,
+    QuotaViolation,
     RateLimitedError,
+    Resource,
     Severity,
+    Violation,
 )
 from kms_policy_service.ratelimit import Rate
 from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.support.kms_faults import KmsFaultInjector, Rule
 
 DECRYPT = {
     "Sid": "AppDecrypt",
@@ -107,12 +112,57 @@ async def test_errors_are_decoded_into_the_hierarchy(
     ],
     indirect=True,
 )
-async def test_rate_limits_carry_retry_after(client: PolicyClient, kms: Any) -> None:
+async def test_rate_limits_carry_retry_after_and_the_quota_that_refused(
+    client: PolicyClient, kms: Any
+) -> None:
     keys = [kms.create_key(Policy=policy_for())["KeyMetadata"]["Arn"] for _ in range(2)]
     await client.get_policy(keys[0])
     with pytest.raises(RateLimitedError) as limited:
         await client.get_policy(keys[1])
     assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 1.0
+    (quota,) = limited.value.quota_violations
+    assert isinstance(quota, QuotaViolation) and quota.subject == "operation:GetKeyPolicy"
+
+
+async def test_a_violations_json_path_is_exact_even_where_a_json_key_holds_a_colon(
+    client: PolicyClient, key: dict[str, Any]
+) -> None:
+    # "Weird: Op" looks like the end of a path to anyone splitting "path: description".
+    document = json.loads(policy_for())
+    document["Statement"][0]["Condition"] = {"Weird: Op": {"aws:SourceAccount": ACCOUNT}}
+    found = await client.validate_policy(document, key_id=key["Arn"])
+    with pytest.raises(InvalidRequestError) as invalid:
+        await client.put_policy(key["Arn"], document)
+    assert invalid.value.violations == tuple(
+        Violation("policy", f.path, f.message, f.code) for f in found.errors
+    )
+    assert invalid.value.violations[0] == Violation(
+        "policy",
+        "Statement[0].Condition.Weird: Op",
+        "'Weird: Op' is not a condition operator",
+        "INVALID_CONDITION_OPERATOR",
+    )
+
+
+async def test_a_key_kms_no_longer_finds_is_named_as_the_resource(
+    client: PolicyClient, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    faults.add(Rule("GetKeyPolicy", "error", "NotFoundException"))  # deleted after DescribeKey
+    with pytest.raises(NotFoundError) as nf:
+        await client.get_policy(key["Arn"])
+    assert nf.value.resource == Resource("kms-key", key["Arn"], "", "")
+
+
+async def test_an_aws_managed_key_fails_its_precondition_with_the_violation(
+    client: PolicyClient, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    managed = {"KeyId": key["KeyId"], "Arn": key["Arn"], "KeyManager": "AWS", "KeyState": "Enabled"}
+    faults.add(Rule("DescribeKey", "reply", body={"KeyMetadata": managed}))
+    with pytest.raises(PreconditionFailedError) as failed:
+        await client.put_policy("alias/aws/ebs", policy_for())
+    assert failed.value.reason == "AWS_MANAGED_KEY"
+    (violation,) = failed.value.preconditions
+    assert violation.subject and violation.type and violation.description
 
 
 async def test_update_policy_retries_on_a_concurrent_change(

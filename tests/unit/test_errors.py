@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def test_status_carries_exactly_one_error_info_and_matching_message() -> None:
     assert (info.reason, info.domain, dict(info.metadata)) == (
         "RATE_LIMITED",
         "kmspolicy.v1",
-        {"keyArn": "arn", "requestId": "r1"},
+        {"keyArn": "arn", "requestId": "r1", "violationPaths": '["Statement[0]"]'},
     )
     retry = error_details_pb2.RetryInfo()
     next(d for d in status.details if d.Is(retry.DESCRIPTOR)).Unpack(retry)
@@ -255,6 +256,53 @@ def test_status_carries_exactly_one_error_info_and_matching_message() -> None:
     bad = error_details_pb2.BadRequest()
     next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
     assert bad.field_violations[0].description == "Statement[0]: bad"
+
+
+def metadata_and_violations(
+    err: errors.ServiceError,
+) -> tuple[dict[str, str], list[error_details_pb2.BadRequest.FieldViolation]]:
+    status = to_status(err)
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    next(d for d in status.details if d.Is(info.DESCRIPTOR)).Unpack(info)
+    next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
+    return dict(info.metadata), list(bad.field_violations)
+
+
+def test_each_violations_json_path_travels_in_violation_paths_in_order() -> None:
+    err = errors.InvalidArgument(
+        "bad",
+        field_violations=[
+            errors.FieldViolation("policy", "bad effect", path="Statement[0].Effect"),
+            errors.FieldViolation("policy", "no statement"),  # the whole document
+            errors.FieldViolation("policy", "odd", path="Statement[1].Condition.Weird: Op"),
+        ],
+    )
+    metadata, violations = metadata_and_violations(err)
+    paths = json.loads(metadata["violationPaths"])
+    assert paths == ["Statement[0].Effect", "", "Statement[1].Condition.Weird: Op"]
+    assert [v.description for v in violations] == [  # unchanged, for older clients
+        "Statement[0].Effect: bad effect",
+        "no statement",
+        "Statement[1].Condition.Weird: Op: odd",
+    ]
+
+
+def test_violation_paths_stay_aligned_when_violations_are_cut() -> None:
+    many = [
+        errors.FieldViolation("policy", "x" * 400, path=f"Statement[{i}].Action") for i in range(60)
+    ]
+    metadata, violations = metadata_and_violations(
+        errors.InvalidArgument("bad", field_violations=many)
+    )
+    paths = json.loads(metadata["violationPaths"])
+    assert violations[-1].reason == errors.TOO_MANY_FINDINGS
+    assert len(paths) == len(violations) and paths[-1] == ""
+    assert paths[:-1] == [f"Statement[{i}].Action" for i in range(len(violations) - 1)]
+
+
+def test_violation_paths_are_sent_only_where_a_violation_has_a_path() -> None:
+    plain = errors.InvalidArgument("bad", field_violations=[errors.FieldViolation("key_id", "x")])
+    assert "violationPaths" not in metadata_and_violations(plain)[0]
 
 
 def test_reasons_are_upper_snake_and_metadata_keys_camel_case() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kms_policy_client.diff import render, statement_diff
+from kms_policy_client._diff import render, statement_diff
 
 
 def test_added_removed_and_changed_statements() -> None:

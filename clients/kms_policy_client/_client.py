@@ -11,9 +11,9 @@ from grpc_status import rpc_status
 
 from kms_policy_client import _core
 from kms_policy_client._core import DEFAULT_UPDATE_ATTEMPTS, Call, Plan, PolicyText
-from kms_policy_client.errors import PolicyError, from_status
-from kms_policy_client.options import DEFAULT_TARGET, ClientOptions
-from kms_policy_client.results import Policy, PutResult, ValidationResult
+from kms_policy_client._errors import PolicyError, from_status
+from kms_policy_client._options import DEFAULT_TARGET, ClientOptions
+from kms_policy_client._results import Policy, PutResult, ValidationResult
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
 __all__ = ["PolicyClient", "PolicyClientSync"]

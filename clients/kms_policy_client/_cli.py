@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from kms_policy_client import errors
-from kms_policy_client.client import PolicyClientSync
-from kms_policy_client.diff import render, statement_diff
-from kms_policy_client.options import DEFAULT_TARGET, ClientOptions, TLSConfig
-from kms_policy_client.results import ValidationResult
+from kms_policy_client import _errors as errors
+from kms_policy_client._client import PolicyClientSync
+from kms_policy_client._diff import render, statement_diff
+from kms_policy_client._options import DEFAULT_TARGET, ClientOptions, TLSConfig
+from kms_policy_client._results import ValidationResult
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID = 0, 1, 2, 3, 4
 EXIT_DENIED, EXIT_CONFLICT, EXIT_RETRYABLE, EXIT_ERROR = 5, 6, 7, 8
@@ -260,7 +260,8 @@ COMMANDS = {
 
 
 def report(err: errors.PolicyError, output: str) -> None:
-    """One readable line, then the field violations; or one JSON object."""
+    """One readable line, then every detail (violations, preconditions, quotas, the
+    resource, when to retry); or one JSON object."""
     if output == "json":
         data = {
             "code": err.code.name,
@@ -269,6 +270,9 @@ def report(err: errors.PolicyError, output: str) -> None:
             "request_id": err.request_id,
             "retry_after": err.retry_after,
             "violations": [v.__dict__ for v in err.violations],
+            "preconditions": [p.__dict__ for p in err.preconditions],
+            "quota_violations": [q.__dict__ for q in err.quota_violations],
+            "resource": err.resource.__dict__ if err.resource is not None else None,
         }
         print(json.dumps(data), file=sys.stderr)
         return
@@ -276,6 +280,12 @@ def report(err: errors.PolicyError, output: str) -> None:
     for v in err.violations:
         where = f"{v.field} {v.path}" if v.path else v.field
         print(f"  {where}: {v.description} ({v.reason})", file=sys.stderr)
+    for p in err.preconditions:
+        print(f"  precondition {p.type} {p.subject}: {p.description}", file=sys.stderr)
+    for q in err.quota_violations:
+        print(f"  quota {q.subject}: {q.description}", file=sys.stderr)
+    if err.resource is not None:
+        print(f"  resource {err.resource.type} {err.resource.name}", file=sys.stderr)
     if err.retry_after is not None:
         print(f"  retry after {err.retry_after:.1f}s", file=sys.stderr)
 
