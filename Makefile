@@ -10,6 +10,10 @@ NODE_STAMP := node_modules/.installed
 
 .PHONY: run test setup system-deps protos stubs lint bench clean
 
+# setuptools says, at every editable install, that folders named like a package may
+# shadow it; ours live under service/, clients/ and protos/, so the note is noise to a
+# newcomer (every other build warning still shows).
+$(STAMP): export PYTHONWARNINGS := ignore:Editable installation.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
