@@ -563,5 +563,25 @@ class PutAudit:
             await self.outcome(error)
 
 
-def _failure(error: ServiceError) -> dict[str, str]:
-    return {"outcome": error.code.name, "reason": error.reason, "message": error.message}
+MAX_RECORDED_VIOLATIONS = 20
+
+
+def _failure(error: ServiceError) -> dict[str, Any]:
+    """outcome, reason, message and (bounded) the violations the caller was told of."""
+    out: dict[str, Any] = {
+        "outcome": error.code.name,
+        "reason": error.reason,
+        "message": error.message[:1024],
+    }
+    violations = [
+        {"check": v.reason, "path": v.path[:256], "description": v.description[:512]}
+        for v in error.field_violations
+    ] + [
+        {"check": p.type, "path": p.subject[:256], "description": p.description[:512]}
+        for p in error.precondition_violations
+    ]
+    if violations:
+        out["violations"] = violations[:MAX_RECORDED_VIOLATIONS]
+        if len(violations) > MAX_RECORDED_VIOLATIONS:
+            out["violations_left_out"] = len(violations) - MAX_RECORDED_VIOLATIONS
+    return out

@@ -6,6 +6,10 @@ Format (YAML or JSON)::
       - callers: ["spiffe://cluster.local/ns/payments/sa/*"]   # exact, or * glob
         actions: ["GetKeyPolicy", "ListKeyPolicies"]           # or "*"
         keys: ["arn:aws:kms:*:123456789012:key/*", "alias/payments-*"]  # or "*"
+        scope:                          # optional: what PutKeyPolicy may change
+          sids: ["payments-*"]          # the Sids the caller owns
+          principals: ["arn:aws:iam::123456789012:role/payments-*"]  # optional
+          actions: ["kms:Decrypt", "kms:GenerateDataKey*"]           # optional
 
 With a file, anything not allowed is denied. The file is re-read when it
 changes (polled) or on SIGHUP; a file that fails to load keeps the previous
@@ -14,9 +18,7 @@ rules and logs why.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ from typing import Any
 import yaml
 
 from kms_policy_service import metrics
+from kms_policy_service.reloading import ReloadableFile
+from kms_policy_service.validation.grants import actions_matched
+from kms_policy_service.validation.scopes import Scope
 from kms_policy_service.validation.wildcards import WildcardTexts
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ class Rule:
     callers: tuple[str, ...]
     actions: tuple[str, ...]
     keys: tuple[str, ...]
+    scope: Scope | None = None  # None: any change the caller may make at all
 
     def covers(self, caller: str, action: str) -> bool:
         if "*" not in self.actions and action not in self.actions:
@@ -91,6 +97,11 @@ class AuthzPolicy:
         """Some rule lets `caller` do `action` on a key known by any of `key_names`."""
         return self._decide(caller, action, tuple(key_names))
 
+    def rules_for(self, caller: str, action: str, key_names: Sequence[str]) -> list[Rule]:
+        """The rules that let `caller` do `action` on a key known by any of `key_names`."""
+        names = tuple(key_names)
+        return [r for r in self.rules if r.covers(caller, action) and r.allows_key(names)]
+
     def _decide(self, caller: str, action: str, key_names: tuple[str, ...] | None) -> bool:
         # Decisions are cached with the policy (a reload makes a new one), bounded in size.
         slot = (caller, action, key_names)
@@ -117,7 +128,7 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 def _rule(raw: Any, where: str) -> Rule:
     if not isinstance(raw, dict):
         raise AuthzPolicyError(f"{where}: expected an object")
-    unknown = set(raw) - {"callers", "actions", "keys"}
+    unknown = set(raw) - {"callers", "actions", "keys", "scope"}
     if unknown:
         raise AuthzPolicyError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     actions = _strings(raw.get("actions"), f"{where}.actions")
@@ -128,6 +139,28 @@ def _rule(raw: Any, where: str) -> Rule:
         callers=_strings(raw.get("callers"), f"{where}.callers"),
         actions=actions,
         keys=_strings(raw.get("keys"), f"{where}.keys"),
+        scope=None if raw.get("scope") is None else _scope(raw["scope"], f"{where}.scope"),
+    )
+
+
+def _scope(raw: Any, where: str) -> Scope:
+    if not isinstance(raw, dict):
+        raise AuthzPolicyError(f"{where}: expected an object")
+    unknown = set(raw) - {"sids", "principals", "actions"}
+    if unknown:
+        raise AuthzPolicyError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    if "sids" not in raw:
+        raise AuthzPolicyError(f"{where}: `sids` is required (the Sids the caller owns)")
+    actions = None if raw.get("actions") is None else _strings(raw["actions"], f"{where}.actions")
+    for action in actions or ():
+        if not actions_matched(action):
+            raise AuthzPolicyError(f"{where}.actions: {action!r} names no KMS action")
+    return Scope(
+        sids=_strings(raw["sids"], f"{where}.sids"),
+        principals=None
+        if raw.get("principals") is None
+        else _strings(raw["principals"], f"{where}.principals"),
+        actions=actions,
     )
 
 
@@ -140,39 +173,28 @@ class Authorizer:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.required = path is not None  # with a file, an unidentified caller is refused
-        self.policy = AuthzPolicy.load(path) if path is not None else ALLOW_ALL
-        self._stamp = self._stat()
+        self._file = (
+            None
+            if path is None
+            else ReloadableFile(
+                path,
+                AuthzPolicy.load,
+                what="authorization policy",
+                error=AuthzPolicyError,
+                reloads=metrics.authz_reloads_total,
+            )
+        )
 
-    def _stat(self) -> tuple[int, int] | None:
-        if self.path is None:
-            return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    @property
+    def policy(self) -> AuthzPolicy:
+        return ALLOW_ALL if self._file is None else self._file.value
 
     def reload(self) -> bool:
-        """Re-read the file; keep the old rules (and say why) if it is bad."""
-        if self.path is None:
-            return False
-        self._stamp = self._stat()
-        try:
-            policy = AuthzPolicy.load(self.path)
-        except AuthzPolicyError as exc:
-            metrics.authz_reloads_total.labels("error").inc()
-            log.error("authorization policy not reloaded, keeping the previous rules: %s", exc)
-            return False
-        metrics.authz_reloads_total.labels("ok").inc()
-        self.policy = policy
-        log.info("authorization policy reloaded", extra={"rules": len(policy.rules)})
-        return True
+        return self._file is not None and self._file.reload()
 
     def reload_if_changed(self) -> bool:
-        return self._stat() != self._stamp and self.reload()
+        return self._file is not None and self._file.reload_if_changed()
 
     async def watch(self, interval: float) -> None:
-        """Poll the file for changes until cancelled (mounted ConfigMaps change by symlink swap)."""
-        while True:
-            await asyncio.sleep(interval)
-            self.reload_if_changed()
+        if self._file is not None:
+            await self._file.watch(interval)

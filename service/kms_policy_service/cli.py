@@ -23,6 +23,7 @@ from kms_policy_service.authz import AuthzPolicyError
 from kms_policy_service.logs import configure as configure_logging
 from kms_policy_service.ratelimit import DEFAULT_OPERATION_RATES, Rate
 from kms_policy_service.settings import Settings, SettingsError
+from kms_policy_service.validation.guardrails import GuardrailsError
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -306,9 +307,15 @@ OPTIONS: tuple[Option, ...] = (
         "loopback only)",
     ),
     Option(
+        "--guardrails",
+        "guardrails",
+        "YAML/JSON guardrails: what no key policy written through the service may contain; "
+        "reloaded on change or SIGHUP (default: none)",
+    ),
+    Option(
         "--authz-reload-interval",
         "authz_reload_interval",
-        "seconds between checks of the authz file for changes (default 2)",
+        "seconds between checks of the authz and guardrails files for changes (default 2)",
         float,
     ),
     Option(
@@ -448,6 +455,9 @@ def run(settings: Settings) -> int:
         runner(main())
     except AuthzPolicyError as exc:
         log.error("bad authorization policy: %s", exc)
+        return EXIT_CONFIG
+    except GuardrailsError as exc:
+        log.error("bad guardrails: %s", exc)
         return EXIT_CONFIG
     except OSError as exc:
         log.error("could not start: %s", exc)

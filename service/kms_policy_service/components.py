@@ -18,6 +18,7 @@ from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
+from kms_policy_service.guardrail_file import GuardrailsFile
 from kms_policy_service.identity import Identifier
 from kms_policy_service.locks import KeyLocks
 from kms_policy_service.ratelimit import Limits, LocalStore, RateLimiter, SharedStore
@@ -36,6 +37,7 @@ class LocalParts:
     """What needs no network, built first: a bad file fails before KMS is touched."""
 
     authorizer: Authorizer
+    guardrails: GuardrailsFile
     audit: AuditLog | None
     credentials: grpc.ServerCredentials | None  # None: plaintext listener
 
@@ -54,6 +56,7 @@ class Components:
 
 def build_local(settings: Settings, stack: AsyncExitStack) -> LocalParts:
     authorizer = Authorizer(Path(settings.authz_policy) if settings.authz_policy else None)
+    guardrails = GuardrailsFile(Path(settings.guardrails) if settings.guardrails else None)
     credentials = None
     if settings.tls_cert and settings.tls_key:
         credentials, _ = server_credentials(
@@ -72,7 +75,7 @@ def build_local(settings: Settings, stack: AsyncExitStack) -> LocalParts:
             unauthorized_policy_bytes=settings.audit_unauthorized_policy_bytes,
         )
         stack.callback(audit.close)
-    return LocalParts(authorizer, audit, credentials)
+    return LocalParts(authorizer, guardrails, audit, credentials)
 
 
 async def build_components(
@@ -145,6 +148,7 @@ async def build_components(
         ),
         authorizer=local.authorizer,
         audit=local.audit,
+        guardrails=local.guardrails,
         max_findings=settings.max_findings,
     )
     return Components(

@@ -436,11 +436,12 @@ def to_status(error: ServiceError, *, request_id: str = "") -> status_pb2.Status
     for RESOURCE_EXHAUSTED, which the contract says to retry).
     """
     violations = list(error.field_violations)
-    keep = min(len(violations), MAX_FIELD_VIOLATIONS)
+    most = max(len(violations), len(error.precondition_violations))
+    keep = min(most, MAX_FIELD_VIOLATIONS)
     while True:
         status = _status(error, request_id, violations, keep)
         if status.ByteSize() <= MAX_STATUS_BYTES or keep == 0:
-            error.violations_left_out = len(violations) - keep
+            error.violations_left_out = max(0, most - keep)
             return status
         keep = max(0, keep - max(1, keep // 4))
 
@@ -478,8 +479,17 @@ def _status(
         status.details.add().Pack(bad)
     if error.precondition_violations:
         pre = error_details_pb2.PreconditionFailure()
-        for p in error.precondition_violations:
-            pre.violations.add(type=p.type, subject=p.subject, description=p.description)
+        conditions = error.precondition_violations
+        for p in conditions[:keep]:
+            pre.violations.add(
+                type=p.type, subject=clip(p.subject), description=clip(p.description)
+            )
+        if keep < len(conditions):
+            pre.violations.add(
+                type=TOO_MANY_FINDINGS,
+                description=f"{len(conditions) - keep} more violations not listed; fix these "
+                "and retry, or call ValidateKeyPolicy to list them",
+            )
         status.details.add().Pack(pre)
     if error.resource is not None:
         status.details.add().Pack(

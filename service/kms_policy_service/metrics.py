@@ -50,6 +50,17 @@ kms_request_duration_seconds = Histogram(
 )
 kms_retries_total = Counter("kms_retries_total", "KMS attempts that were retries.", ("operation",))
 kms_requests_in_flight = Gauge("kms_requests_in_flight", "KMS requests in flight now.")
+account_credentials = Gauge(
+    "kms_policy_account_credentials",
+    "Per member account (--account-role): 1 when its last AssumeRole succeeded, 0 when it "
+    "failed, -1 before its first use.",
+    ("account",),
+)
+assume_role_total = Counter(
+    "kms_policy_assume_role_total",
+    "STS AssumeRole calls for member accounts' credentials, by account and outcome (ok, failed).",
+    ("account", "outcome"),
+)
 
 ratelimit_waits_total = Counter(
     "kms_policy_ratelimit_waits_total", "Calls that waited for a rate-limit token.", ("operation",)
@@ -105,6 +116,15 @@ audit_policies_truncated_total = Counter(
 )
 authz_reloads_total = Counter(
     "kms_policy_authz_reloads_total", "Authorization policy reloads, by result.", ("result",)
+)
+guardrails_reloads_total = Counter(
+    "kms_policy_guardrails_reloads_total", "Guardrails file reloads, by result.", ("result",)
+)
+policy_refusals_total = Counter(
+    "kms_policy_policy_refusals_total",
+    "PutKeyPolicy refused for what the policy says, by check: guardrail/<name> "
+    "(principal_accounts, org_ids, public, protected_sids, restricted_actions) or scope.",
+    ("check",),
 )
 build_info = Gauge(
     "kms_policy_service_build_info", "Build information (always 1).", ("version", "python")

@@ -37,6 +37,7 @@ from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
 from kms_policy_service.components import Components, build_components, build_local
 from kms_policy_service.contract import POLICY_SERVICE
+from kms_policy_service.guardrail_file import GuardrailsFile
 from kms_policy_service.health import Health
 from kms_policy_service.local_kms import DemoKey
 from kms_policy_service.ratelimit import RateLimiter
@@ -109,6 +110,7 @@ class Server:
         self.limiter: RateLimiter | None = None
         self.authorizer: Authorizer | None = None
         self.audit: AuditLog | None = None
+        self.guardrails: GuardrailsFile | None = None
         self.admission: Admission | None = None
         self.servicer: PolicyServicer | None = None
         self._backend = backend
@@ -139,10 +141,12 @@ class Server:
                 loop.remove_signal_handler(sig)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the authorization policy (if any) and reopen the audit log."""
+        """SIGHUP: re-read the authorization policy and guardrails, reopen the audit log."""
         log.info("SIGHUP: reloading")
         if self.authorizer is not None and self.authorizer.path is not None:
             self.authorizer.reload()
+        if self.guardrails is not None and self.guardrails.path is not None:
+            self.guardrails.reload()
         if self.audit is not None:
             self.audit.reopen()
 
@@ -156,6 +160,7 @@ class Server:
         await self.health.not_serving()
         local = build_local(settings, self._stack)  # a bad file fails before KMS is touched
         self.authorizer, self.audit = local.authorizer, local.audit
+        self.guardrails = local.guardrails
         backend = self._backend
         if backend is None:
             backend, settings = await self._open_kms(settings)
@@ -221,6 +226,10 @@ class Server:
         if self.authorizer is not None and self.authorizer.path is not None:
             self._tasks.append(
                 asyncio.create_task(self.authorizer.watch(settings.authz_reload_interval))
+            )
+        if self.guardrails is not None and self.guardrails.path is not None:
+            self._tasks.append(
+                asyncio.create_task(self.guardrails.watch(settings.authz_reload_interval))
             )
         if settings.insecure and not settings.listen_is_loopback:
             self._tasks.append(asyncio.create_task(self._warn_insecure()))

@@ -9,7 +9,8 @@ policy (lock, etag, audit intent, unknown outcomes) is writes.PolicyWriter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -19,6 +20,7 @@ from kms_policy_service.authz import Authorizer
 from kms_policy_service.errors import (
     TOO_MANY_FINDINGS,
     FailedPrecondition,
+    FieldViolation,
     PermissionDenied,
     PreconditionViolation,
     ServiceError,
@@ -27,6 +29,7 @@ from kms_policy_service.errors import (
 )
 from kms_policy_service.etag import etag_of_document, policy_etag
 from kms_policy_service.gateway import KmsGateway
+from kms_policy_service.guardrail_file import GuardrailsFile
 from kms_policy_service.reads import PolicyReads
 from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver, ResolvedKey
@@ -42,13 +45,19 @@ from kms_policy_service.validation import (
 )
 from kms_policy_service.validation.commands import PutCommand, put_command, validate_command
 from kms_policy_service.validation.findings import errors_only, raise_for_errors
+from kms_policy_service.validation.guardrails import Violation
 from kms_policy_service.validation.names import DEFAULT_POLICY_NAME
 from kms_policy_service.validation.page_tokens import (
     check_page_size,
     decode_page_token,
     encode_page_token,
 )
-from kms_policy_service.validation.policy_checks import policy_findings
+from kms_policy_service.validation.policy_checks import (
+    current_document,
+    policy_findings,
+    scope_findings,
+)
+from kms_policy_service.validation.scopes import Scope
 from kms_policy_service.writes import SETTLE_SECONDS, PolicyWriter
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
@@ -72,6 +81,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         writer: PolicyWriter,
         authorizer: Authorizer,
         audit: AuditLog | None,
+        guardrails: GuardrailsFile | None = None,
         max_findings: int = DEFAULT_MAX_FINDINGS,
     ) -> None:
         self._frame = frame
@@ -82,6 +92,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._writer = writer
         self._authz = authorizer
         self._audit = audit
+        self._guardrails = guardrails or GuardrailsFile(None)
         self._max_findings = max_findings
 
     @property
@@ -185,6 +196,26 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 aws_managed=key is not None and key.metadata.aws_managed,
                 bypass_lockout_check=key is None,  # without a key: the document alone
             )
+            document = command.policy.document
+            if document is not None:
+                # What a Put would also refuse: the caller's scope (judged by its
+                # PutKeyPolicy rules for this key) and the guardrails.
+                guardrails = self._guardrails.current
+                scopes = (
+                    self._scopes(ctx, command.key, key)
+                    if key is not None and command.key is not None
+                    else None
+                )
+                current = None
+                if key is not None and (scopes is not None or guardrails.needs_current_policy):
+                    current = current_document(
+                        await self._gateway.get_key_policy(
+                            key.arn, command.policy_name, region=key.region, ctx=ctx
+                        )
+                    )
+                if scopes is not None:
+                    findings.extend(scope_findings(scopes, document, current))
+                findings.extend(v.finding() for v in guardrails.violations(document, current))
             return pb.ValidateKeyPolicyResponse(findings=self._capped(findings))
 
         return await self._frame.run("ValidateKeyPolicy", context, validate)
@@ -197,20 +228,34 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         key = await self._authorize(ctx, command.key)
         audit.authorized = True  # from here on, a refusal keeps the caller's whole policy
         audit.note(authorized=True)
-        # Before any KMS call, every finding that needs none: the document's, and those
-        # against the key ARN when the caller named it (else the lockout check refuses a
-        # policy that would lock the service out of any key).
-        self._refuse_policy_errors(command, key_arn=command.known_key_arn)
+        # 1. The document's own rules, with every other error computable without KMS.
+        self._refuse_document_errors(command)
+        guardrails = self._guardrails.current
+        judged_early = not self._may_be_scoped(ctx) and not guardrails.needs_current_policy
+        if judged_early:  # 2-4 need neither the key nor its policy: before any KMS call
+            self._judge(command, command.known_key_arn, None, None)
         key = key or await self._resolve(command.key, ctx)
         audit.note(key_arn=key.arn)
         _refuse_aws_managed(key)
-        if command.known_key_arn != key.arn:
-            self._refuse_policy_errors(command, key_arn=key.arn, document_findings=False)
+        scopes = self._scopes(ctx, command.key, key)
+        check: Callable[[str | None], None] | None = None
+        if judged_early:
+            if command.known_key_arn != key.arn:  # the lockout and resource checks again
+                self._refuse_policy_errors(command, key_arn=key.arn, document_findings=False)
+        else:
+            check = functools.partial(self._judge, command, key.arn, scopes)
         assert command.policy.document is not None  # no errors: it parsed
         new_etag = etag_of_document(command.policy.document)
         audit.note(new_etag=new_etag)
-        if not command.validate_only:
-            await self._writer.write(command, key, ctx, audit)
+        if command.validate_only:
+            if check is not None:
+                check(
+                    await self._gateway.get_key_policy(
+                        key.arn, command.policy_name, region=key.region, ctx=ctx
+                    )
+                )
+        else:  # the check, if any, runs on the policy read under the key's lock
+            await self._writer.write(command, key, ctx, audit, check=check)
         return pb.PutKeyPolicyResponse(
             key_arn=key.arn, policy_name=command.policy_name, etag=new_etag
         )
@@ -218,6 +263,58 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _require_audit(self) -> None:
         if self._audit is not None and not self._audit.healthy:
             raise audit_unavailable(self._audit.error or "not writable")
+
+    def _refuse_document_errors(self, command: PutCommand) -> None:
+        """INVALID_POLICY when the document breaks its own rules, listing every error
+        that needs no KMS call (lockout and resource checks included)."""
+        if errors_only(command.policy.findings):
+            self._refuse_policy_errors(command, key_arn=command.known_key_arn)
+
+    def _judge(
+        self,
+        command: PutCommand,
+        key_arn: str | None,
+        scopes: list[Scope] | None,
+        current_text: str | None,
+    ) -> None:
+        """The checks after the document's own, in order: the caller's scope
+        (PERMISSION_DENIED), the guardrails (FAILED_PRECONDITION), then the lockout and
+        resource checks against the key (INVALID_ARGUMENT)."""
+        document = command.policy.document
+        assert document is not None
+        current = current_document(current_text)
+        if scopes is not None:
+            out_of_scope = scope_findings(scopes, document, current)
+            if out_of_scope:
+                metrics.child(metrics.policy_refusals_total, "scope").inc()
+                raise _out_of_scope(out_of_scope)
+        violations = self._guardrails.current.violations(document, current)
+        if violations:
+            for name in sorted({v.guardrail for v in violations}):
+                metrics.child(metrics.policy_refusals_total, f"guardrail/{name}").inc()
+            raise _guardrail_violation(violations)
+        self._refuse_policy_errors(command, key_arn=key_arn, document_findings=False)
+
+    def _may_be_scoped(self, ctx: RequestContext) -> bool:
+        """Some rule that could authorize this caller's Put has a scope."""
+        if not ctx.caller:
+            return False
+        return any(
+            r.scope is not None and r.covers(ctx.caller, ctx.method)
+            for r in self._authz.policy.rules
+        )
+
+    def _scopes(self, ctx: RequestContext, ref: KeyRef, key: ResolvedKey) -> list[Scope] | None:
+        """The scopes of the caller's PutKeyPolicy rules for this key; None: unscoped (some
+        rule has no scope, or there is no authorization file)."""
+        if not ctx.caller:
+            return None
+        names = (*ref.names, key.arn)
+        rules = self._authz.policy.rules_for(ctx.caller, "PutKeyPolicy", names)
+        scopes = [r.scope for r in rules if r.scope is not None]
+        if not rules or len(scopes) < len(rules):
+            return None
+        return scopes
 
     def _refuse_policy_errors(
         self, command: PutCommand, *, key_arn: str | None, document_findings: bool = True
@@ -310,6 +407,34 @@ def _raise_policy_errors(findings: Iterable[Finding], parsed: ParsedPolicy | Non
     lockout = any(f.code == "POLICY_LOCKOUT" for f in errors)
     reason = "POLICY_LOCKOUT" if lockout and not document_errors else "INVALID_POLICY"
     raise_for_errors(errors, field="policy", reason=reason)
+
+
+def _out_of_scope(findings: list[Finding]) -> PermissionDenied:
+    first = findings[0]
+    more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+    return PermissionDenied(
+        f"the change is outside the caller's scope: {first.path}: {first.message}{more}",
+        reason="OUT_OF_SCOPE",
+        field_violations=[
+            FieldViolation("policy", f.message, reason=f.code, path=f.path) for f in findings
+        ],
+    )
+
+
+def _guardrail_violation(violations: list[Violation]) -> FailedPrecondition:
+    names = sorted({v.guardrail for v in violations})
+    first = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return FailedPrecondition(
+        f"the policy violates the guardrail {first.guardrail} at {first.path}: "
+        f"{first.description}{more}",
+        reason="GUARDRAIL_VIOLATION",
+        metadata={"guardrails": ",".join(names)},
+        precondition_violations=[
+            PreconditionViolation(f"guardrail/{v.guardrail}", v.path, v.description)
+            for v in violations
+        ],
+    )
 
 
 def _refuse_aws_managed(key: ResolvedKey) -> None:

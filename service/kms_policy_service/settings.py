@@ -150,6 +150,7 @@ class Settings:
     insecure: bool = False
     authz_policy: str | None = None
     authz_reload_interval: float = DEFAULT_AUTHZ_RELOAD_SECONDS
+    guardrails: str | None = None  # a YAML/JSON file of what no key policy may contain
     audit_log: str | None = None  # a path, or "-" for stdout
     audit_omit_policies: bool = False
     audit_refusal_rate: Rate | None = DEFAULT_REFUSAL_RATE  # refused-attempt records per caller

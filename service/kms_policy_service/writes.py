@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from kms_policy_service.audit import PutAudit, change_summary
@@ -48,15 +48,25 @@ class PolicyWriter:
         self._settling: set[asyncio.Task[None]] = set()
 
     async def write(
-        self, command: PutCommand, key: ResolvedKey, ctx: RequestContext, audit: PutAudit
+        self,
+        command: PutCommand,
+        key: ResolvedKey,
+        ctx: RequestContext,
+        audit: PutAudit,
+        *,
+        check: Callable[[str], None] | None = None,
     ) -> None:
+        """`check`: judges the change against the policy now in place (scopes, protected
+        statements); it runs under the lock, on the policy the write replaces."""
         async with self._locked(key, ctx):
-            if audit.enabled or command.expected_etag:
+            if audit.enabled or command.expected_etag or check is not None:
                 previous = await self._read(key, command.policy_name, ctx)  # never cached
                 previous_etag = policy_etag(previous)
                 audit.note(previous_etag=previous_etag)
                 if command.expected_etag and previous_etag != command.expected_etag:
                     raise _etag_mismatch(key.arn, previous_etag, command.expected_etag)
+                if check is not None:
+                    check(previous)
                 if audit.enabled:
                     assert command.policy.document is not None
                     await audit.intent(

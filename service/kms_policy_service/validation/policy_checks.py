@@ -6,10 +6,15 @@ construction: both call `policy_findings`, Put raising the errors it returns.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from typing import Any
+
 from kms_policy_service.validation.document import ParsedPolicy, key_resource_findings
 from kms_policy_service.validation.findings import Finding
 from kms_policy_service.validation.lockout import ServicePrincipal, lockout_findings
 from kms_policy_service.validation.names import DEFAULT_POLICY_NAME
+from kms_policy_service.validation.scopes import Scope
 
 
 def policy_findings(
@@ -41,3 +46,32 @@ def policy_findings(
             )
         )
     return findings
+
+
+def current_document(text: str | None) -> dict[str, Any] | None:
+    """The key's current policy as a document (None when unknown or not an object)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def scope_findings(
+    scopes: Sequence[Scope], document: dict[str, Any], current: dict[str, Any] | None
+) -> list[Finding]:
+    """[] if one of the scopes allows the whole change; else the smallest set of reasons.
+
+    One rule allowing all of it is enough (a rule without scope was already taken to
+    allow anything, so `scopes` is only ever the scoped rules').
+    """
+    best: list[Finding] | None = None
+    for scope in scopes:
+        found = scope.findings(document, current or {})
+        if not found:
+            return []
+        if best is None or len(found) < len(best):
+            best = found
+    return best or []
