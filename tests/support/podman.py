@@ -430,3 +430,93 @@ def parse_time(text: str) -> float:
     stamp, fraction, zone = match.groups()
     parsed = datetime.datetime.fromisoformat(stamp + ("+00:00" if zone == "Z" else zone))
     return parsed.timestamp() + float(f"0.{fraction or 0}")
+
+
+# -- playing Kubernetes manifests -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    infra: str
+    containers: tuple[str, ...]  # podman's names: <pod>-<container>
+
+    def container(self, name: str) -> str:
+        wanted = f"{self.name}-{name}"
+        assert wanted in self.containers, (wanted, self.containers)
+        return wanted
+
+    def ip(self) -> str:
+        """The pod's address on its network (kube play's own, not podman's default)."""
+        out = podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", self.infra)
+        networks: dict[str, dict[str, Any]] = json.loads(out.stdout)
+        return next(str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress"))
+
+
+def kube_play(manifest: Path) -> list[Pod]:
+    """`podman kube play --replace`; the pods it made."""
+    out = podman("kube", "play", "--replace", str(manifest), timeout=300).stdout
+    ids = re.findall(r"^Pod:\n([0-9a-f]{64})$", out, re.M)
+    pods = []
+    for pod_id in ids:
+        data = json.loads(podman("pod", "inspect", pod_id).stdout)
+        data = data[0] if isinstance(data, list) else data
+        pods.append(
+            Pod(
+                name=data["Name"],
+                infra=data["InfraContainerID"],
+                containers=tuple(c["Name"] for c in data["Containers"]),
+            )
+        )
+    return pods
+
+
+def kube_down(manifest: Path, volumes: Sequence[str] = (), secrets: Sequence[str] = ()) -> None:
+    """Remove what kube play made: pods, and the named volumes and secrets it created for
+    the manifest's emptyDir, configMap and secret volumes."""
+    podman("kube", "down", str(manifest), check=False, timeout=120)
+    for volume in volumes:
+        podman("volume", "rm", "--force", volume, check=False)
+    for secret in secrets:
+        podman("secret", "rm", secret, check=False)
+
+
+@cache
+def kube_secret_data_is_decoded() -> bool:
+    """Whether `podman kube play` base64-decodes a Secret's `data` into the mounted files
+    (Kubernetes does; podman 4.3 writes the text as it stands)."""
+    manifest = CACHE / "secret-probe.yaml"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "kps-secret-probe"},
+        "data": {"probe": "ZGVjb2RlZA=="},  # "decoded"
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kps-secret-probe"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "cat",
+                    "image": base_image(),
+                    "command": ["/bin/cat", "/probe/probe"],
+                    "volumeMounts": [{"name": "probe", "mountPath": "/probe", "readOnly": True}],
+                }
+            ],
+            # optional spelled out: podman 4.3 dereferences it unconditionally
+            "volumes": [
+                {"name": "probe", "secret": {"secretName": "kps-secret-probe", "optional": False}}
+            ],
+        },
+    }
+    manifest.write_text(f"{json.dumps(secret)}\n---\n{json.dumps(pod)}\n")  # JSON is YAML
+    try:
+        (pod,) = kube_play(manifest)
+        container = pod.container("cat")
+        podman("wait", container, timeout=60)
+        return podman("logs", container).stdout.strip() == "decoded"
+    finally:
+        kube_down(manifest, volumes=("kps-secret-probe",), secrets=("kps-secret-probe",))
