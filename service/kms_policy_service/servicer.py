@@ -38,7 +38,6 @@ from kms_policy_service.validation import (
     Finding,
     KeyRef,
     ParsedPolicy,
-    ServicePrincipal,
     Severity,
     parse_key_id,
     policy_name_for_read,
@@ -46,6 +45,7 @@ from kms_policy_service.validation import (
 from kms_policy_service.validation.commands import PutCommand, put_command, validate_command
 from kms_policy_service.validation.findings import errors_only, raise_for_errors
 from kms_policy_service.validation.guardrails import Violation
+from kms_policy_service.validation.lockout import ServicePrincipals
 from kms_policy_service.validation.names import DEFAULT_POLICY_NAME
 from kms_policy_service.validation.page_tokens import (
     check_page_size,
@@ -76,7 +76,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         frame: RpcFrame,
         gateway: KmsGateway,
         resolver: KeyResolver,
-        principal: ServicePrincipal,
+        principals: ServicePrincipals,
         reads: PolicyReads,
         writer: PolicyWriter,
         authorizer: Authorizer,
@@ -87,7 +87,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._frame = frame
         self._gateway = gateway
         self._resolver = resolver
-        self._principal = principal
+        self._principals = principals  # the lockout check's, by the key's account
         self._reads = reads
         self._writer = writer
         self._authz = authorizer
@@ -191,7 +191,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             findings = policy_findings(
                 command.policy,
                 policy_name=command.policy_name,
-                principal=self._principal,
+                principal=self._principals.for_key(key.arn if key else None),
                 key_arn=key.arn if key else None,
                 aws_managed=key is not None and key.metadata.aws_managed,
                 bypass_lockout_check=key is None,  # without a key: the document alone
@@ -233,7 +233,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         guardrails = self._guardrails.current
         judged_early = not self._may_be_scoped(ctx) and not guardrails.needs_current_policy
         if judged_early:  # 2-4 need neither the key nor its policy: before any KMS call
-            self._judge(command, command.known_key_arn, None, None)
+            self._judge(ctx.caller, command, command.known_key_arn, None, None)
         key = key or await self._resolve(command.key, ctx)
         audit.note(key_arn=key.arn)
         _refuse_aws_managed(key)
@@ -243,7 +243,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if command.known_key_arn != key.arn:  # the lockout and resource checks again
                 self._refuse_policy_errors(command, key_arn=key.arn, document_findings=False)
         else:
-            check = functools.partial(self._judge, command, key.arn, scopes)
+            check = functools.partial(self._judge, ctx.caller, command, key.arn, scopes)
         assert command.policy.document is not None  # no errors: it parsed
         new_etag = etag_of_document(command.policy.document)
         audit.note(new_etag=new_etag)
@@ -272,6 +272,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def _judge(
         self,
+        caller: str,
         command: PutCommand,
         key_arn: str | None,
         scopes: list[Scope] | None,
@@ -287,7 +288,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             out_of_scope = scope_findings(scopes, document, current)
             if out_of_scope:
                 metrics.child(metrics.policy_refusals_total, "scope").inc()
-                raise _out_of_scope(out_of_scope)
+                raise _out_of_scope(caller, out_of_scope)
         violations = self._guardrails.current.violations(document, current)
         if violations:
             for name in sorted({v.guardrail for v in violations}):
@@ -322,7 +323,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         findings = policy_findings(
             command.policy,
             policy_name=command.policy_name,
-            principal=self._principal,
+            principal=self._principals.for_key(key_arn or command.key.raw),
             key_arn=key_arn,
             bypass_lockout_check=command.bypass_lockout_check,
             document_findings=document_findings,
@@ -409,12 +410,13 @@ def _raise_policy_errors(findings: Iterable[Finding], parsed: ParsedPolicy | Non
     raise_for_errors(errors, field="policy", reason=reason)
 
 
-def _out_of_scope(findings: list[Finding]) -> PermissionDenied:
+def _out_of_scope(caller: str, findings: list[Finding]) -> PermissionDenied:
     first = findings[0]
     more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
     return PermissionDenied(
         f"the change is outside the caller's scope: {first.path}: {first.message}{more}",
         reason="OUT_OF_SCOPE",
+        metadata={"caller": caller},
         field_violations=[
             FieldViolation("policy", f.message, reason=f.code, path=f.path) for f in findings
         ],

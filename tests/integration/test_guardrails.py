@@ -285,3 +285,28 @@ async def test_a_changed_file_reloads_and_a_broken_one_keeps_the_previous_guardr
         assert time.monotonic() < deadline + 10
         await asyncio.sleep(0.05)
     assert "GUARDRAIL_PRINCIPAL_ACCOUNTS" not in await codes()  # the previous file holds
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "No such file"),
+        ("principal_accounts: [123456789012]", "quote account IDs"),
+        ("public: maybe", "public must be"),
+        ("deny_everything: true", "unknown key 'deny_everything'"),
+    ],
+    ids=["missing", "unquoted-account", "bad-public", "unknown-key"],
+)
+def test_a_bad_guardrails_file_at_start_exits_2_saying_why(
+    faults: KmsFaultInjector, tmp_path: Path, content: str | None, says: str
+) -> None:
+    from tests.support.process import ServiceProcess, loopback_service
+
+    path = tmp_path / "guardrails.yaml"
+    if content is not None:
+        path.write_text(content)
+    proc = ServiceProcess([*loopback_service(on=faults.url), "--guardrails", str(path)])
+    with pytest.raises(RuntimeError):
+        proc.start(timeout=30)
+    assert proc.wait(10) == 2
+    assert any(says in str(r.get("message", "")) for r in proc.drain_logs())
