@@ -43,7 +43,7 @@ from kms_policy_service.errors import (
     ServiceError,
     to_status,
 )
-from kms_policy_service.identity import Identifier
+from kms_policy_service.identity import CURRENT_CALLER, Identifier
 from kms_policy_service.ratelimit.gcra import Bucket, MemoryStore, Rate
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,9 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _admitted(
         self, method: str, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[None]:
-        caller = self._identifier.identify(context).rate_key
+        who = self._identifier.identify(context)
+        CURRENT_CALLER.set(who)
+        caller = who.rate_key
         refusal = self._refuse(caller)
         if refusal is not None:
             metrics.child(metrics.admission_refusals_total, refusal.reason.lower()).inc()

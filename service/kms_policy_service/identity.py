@@ -17,6 +17,7 @@ caller is unidentified (None).
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -283,6 +284,13 @@ def xfcc_identity(header: str) -> str | None:
     except MalformedHeader:
         return None
     return None
+
+
+# The caller of the RPC this task serves, once admission has identified it: the RPC
+# frame reads it instead of parsing certificates and headers a second time.
+CURRENT_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "kms_policy_caller", default=None
+)
 
 
 class Identifier:

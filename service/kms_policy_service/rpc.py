@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from kms_policy_service import logs, metrics
 from kms_policy_service.contract import POLICY_SERVICE
 from kms_policy_service.errors import Internal, ServiceError, internal_error, to_status
-from kms_policy_service.identity import Identifier
+from kms_policy_service.identity import CURRENT_CALLER, Identifier
 from kms_policy_service.request import RequestContext
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class RpcFrame:
         remaining = min(
             self._default_deadline if remaining is None else remaining, self._max_deadline
         )
-        caller = self._identifier.identify(context)
+        caller = CURRENT_CALLER.get() or self._identifier.identify(context)
         return RequestContext(
             request_id=request_id or os.urandom(16).hex(),
             method=method,
