@@ -21,6 +21,10 @@ class Operation(enum.StrEnum):
     LIST_KEY_POLICIES = "ListKeyPolicies"
 
 
+# The STS operation behind a member account's credentials (never rate-limited as KMS's).
+ASSUME_ROLE = "AssumeRole"
+
+
 def default_key_policy(account: str, partition: str = "aws") -> str:
     """The policy KMS gives a key created without one (KMS Developer Guide, "Default key
     policy"): the account root may do everything, so IAM policies decide."""
@@ -71,21 +75,39 @@ class PolicyPage:
 
 
 class KmsFailure(Exception):
-    """A KMS call failed; `code` is KMS's error code or one of errors' transport pseudo-codes."""
+    """A KMS call failed; `code` is KMS's error code or one of errors' transport pseudo-codes.
 
-    def __init__(self, code: str, message: str = "", *, http_status: int | None = None) -> None:
+    `operation` is set when what failed was not the KMS call itself but getting a member
+    account's credentials for it (ASSUME_ROLE): the KMS request was then never sent.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        *,
+        http_status: int | None = None,
+        operation: str | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
+        self.operation = operation
 
 
 class KmsBackend(Protocol):
-    """The KMS operations the service uses, per Region. Failures raise KmsFailure."""
+    """The KMS operations the service uses, per Region. Failures raise KmsFailure.
 
-    async def describe_key(self, key_id: str, *, region: str) -> KeyMetadata: ...
+    The account is the one a key ARN or alias ARN names (the home account otherwise);
+    `caller` is the identity the call is made for (a member account's session tag).
+    """
 
-    async def get_key_policy(self, key_arn: str, policy_name: str, *, region: str) -> str: ...
+    async def describe_key(self, key_id: str, *, region: str, caller: str = "") -> KeyMetadata: ...
+
+    async def get_key_policy(
+        self, key_arn: str, policy_name: str, *, region: str, caller: str = ""
+    ) -> str: ...
 
     async def put_key_policy(
         self,
@@ -95,10 +117,17 @@ class KmsBackend(Protocol):
         *,
         bypass_lockout_check: bool,
         region: str,
+        caller: str = "",
     ) -> None: ...
 
     async def list_key_policies(
-        self, key_arn: str, *, limit: int | None, marker: str | None, region: str
+        self,
+        key_arn: str,
+        *,
+        limit: int | None,
+        marker: str | None,
+        region: str,
+        caller: str = "",
     ) -> PolicyPage: ...
 
     async def get_caller_identity(self) -> CallerIdentity: ...

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kms_policy_service import settings as defaults
+from kms_policy_service.accounts import parse_account_roles
 from kms_policy_service.authz import AuthzPolicyError
 from kms_policy_service.logs import configure as configure_logging
 from kms_policy_service.ratelimit import DEFAULT_OPERATION_RATES, Rate
@@ -159,6 +160,13 @@ OPTIONS: tuple[Option, ...] = (
         "--caller-rate-limit",
         "caller_rate_limit",
         "RATE[:BURST] per caller, on top of the operation limits (default off)",
+        _optional_rate,
+    ),
+    Option(
+        "--account-rate-limit",
+        "account_rate_limit",
+        "RATE[:BURST] of KMS calls per account and Region, every operation together, so one "
+        "account's callers cannot spend another's KMS quota (default off)",
         _optional_rate,
     ),
     Option(
@@ -370,6 +378,34 @@ OPTIONS: tuple[Option, ...] = (
         "kms_canary_key",
         "key to DescribeKey periodically; reported as health service "
         "kmspolicy.v1.PolicyService/kms (default off)",
+    ),
+    Option(
+        "--account-role",
+        "account_roles",
+        "ACCOUNT=ROLE_ARN, repeatable (comma-separated in the environment): manage the keys "
+        "of ACCOUNT with credentials from STS AssumeRole of ROLE_ARN (default none)",
+        parse_account_roles,
+        repeatable=True,
+    ),
+    Option(
+        "--assume-role-external-id",
+        "assume_role_external_id",
+        "sts:ExternalId sent with every AssumeRole of an --account-role (default none)",
+    ),
+    Option(
+        "--caller-session-tags",
+        "caller_session_tags",
+        "assume member roles once per caller, with session tag kms-policy-service:caller = "
+        "the caller's identity (default off: one session per account)",
+        _bool,
+        is_switch=True,
+    ),
+    Option(
+        "--max-caller-sessions",
+        "max_caller_sessions",
+        f"assumed-role sessions kept with --caller-session-tags, least recently used go "
+        f"(default {defaults.DEFAULT_MAX_CALLER_SESSIONS})",
+        int,
     ),
     Option(
         "--kms-canary-interval",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from kms_policy_service.accounts import SESSION_NAME, AccountRoles
 from kms_policy_service.admission import Admission, AdmissionLimits
 from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
@@ -29,6 +30,7 @@ from kms_policy_service.servicer import PolicyServicer
 from kms_policy_service.settings import Settings
 from kms_policy_service.tls import server_credentials
 from kms_policy_service.validation import ServicePrincipal
+from kms_policy_service.validation.lockout import ServicePrincipals
 from kms_policy_service.writes import PolicyWriter
 
 
@@ -45,6 +47,7 @@ class LocalParts:
 @dataclass(frozen=True)
 class Components:
     principal: ServicePrincipal
+    principals: ServicePrincipals  # home, and the role in each member account
     account: str
     limiter: RateLimiter
     gateway: KmsGateway
@@ -84,6 +87,14 @@ async def build_components(
     """Everything that serves calls, over `backend` (STS identity asked once, here)."""
     identity = await backend.get_caller_identity()
     principal = ServicePrincipal.from_caller_identity(identity.account, identity.arn)
+    accounts = account_roles(settings)
+    principals = ServicePrincipals(
+        principal,
+        {
+            account: ServicePrincipal.for_role(role, SESSION_NAME)
+            for account, role in accounts.roles.items()
+        },
+    )
     store, redis = _shared_store(settings, stack)
     limiter = RateLimiter(
         Limits(
@@ -92,6 +103,7 @@ async def build_components(
             key_writes=settings.key_write_rate_limit,
             max_queue_wait=settings.max_queue_wait,
             max_waiters=settings.max_waiters,
+            account=settings.account_rate_limit,
         ),
         store,
     )
@@ -106,6 +118,8 @@ async def build_components(
         ),
         max_concurrency=settings.max_concurrency,
         max_waiters=settings.max_waiters,
+        home_account=identity.account,
+        accounts=accounts,
     )
     resolver = KeyResolver(
         gateway,
@@ -114,6 +128,7 @@ async def build_components(
         allowed_regions=settings.allowed_regions,
         ttl=settings.key_cache_ttl,
         max_entries=settings.key_cache_max_entries,
+        member_accounts=accounts.accounts,
     )
     identifier = Identifier(
         loopback_listener=settings.listen_is_loopback,
@@ -138,7 +153,7 @@ async def build_components(
         ),
         gateway=gateway,
         resolver=resolver,
-        principal=principal,
+        principals=principals,
         reads=reads,
         writer=PolicyWriter(
             gateway,
@@ -153,6 +168,7 @@ async def build_components(
     )
     return Components(
         principal=principal,
+        principals=principals,
         account=identity.account,
         limiter=limiter,
         gateway=gateway,
@@ -160,6 +176,14 @@ async def build_components(
         identifier=identifier,
         admission=admission,
         servicer=servicer,
+    )
+
+
+def account_roles(settings: Settings) -> AccountRoles:
+    return AccountRoles(
+        settings.account_roles,
+        external_id=settings.assume_role_external_id,
+        caller_session_tags=settings.caller_session_tags,
     )
 
 

@@ -169,6 +169,17 @@ class KmsErrorRule:
     operations: frozenset[str] = field(default_factory=frozenset)  # empty: every operation
 
 
+# A member account's key is called with credentials from STS AssumeRole of the
+# account's role: when getting them fails, the row is the one for operation AssumeRole.
+_STS_UNAVAILABLE = KmsErrorRule(
+    Unavailable,
+    "STS_UNAVAILABLE",
+    True,
+    message="STS did not answer the service's AssumeRole for the key's account; retry shortly",
+    retry_after=1.0,
+    operations=frozenset({"AssumeRole"}),
+)
+
 # THE table. Keyed by KMS error code (`__type` / Error.Code) or transport pseudo-code;
 # a list where the answer depends on the operation (first matching row wins).
 # Sources: KMS API Reference "Errors" section of each operation, "Common Errors",
@@ -301,6 +312,58 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
     "RequestTimeoutException": (
         KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
     ),
+    # STS AssumeRole: "You do not have permission to perform this action": the member
+    # account's role does not trust the service (or wants another ExternalId). STS's text
+    # names the service's own role, so callers get our own sentence.
+    "AccessDenied": (
+        KmsErrorRule(
+            PermissionDenied,
+            "ASSUME_ROLE_DENIED",
+            False,
+            message="STS refused to let the service assume its role in the key's account; "
+            "an operator must check that role's trust policy (and ExternalId)",
+            operations=frozenset({"AssumeRole"}),
+        ),
+    ),
+    # STS AssumeRole: RegionDisabledException, "STS is not activated in the requested
+    # region for the account that is being asked to generate credentials".
+    "RegionDisabledException": (
+        KmsErrorRule(
+            Unavailable,
+            "STS_REGION_DISABLED",
+            False,
+            message="STS is not activated in this Region for the service's account; "
+            "an operator must activate it",
+            retry_after=5.0,
+            operations=frozenset({"AssumeRole"}),
+        ),
+    ),
+    # STS (query protocol) spells throttling "Throttling"; AssumeRole is retried.
+    "Throttling": (_STS_UNAVAILABLE,),
+    # Pseudo-codes, --caller-session-tags: the caller's identity cannot be the session
+    # tag (over IAM's 256 characters, or characters a tag value cannot hold). Refused,
+    # never cut: a shortened identity could be someone else's.
+    "CallerIdentityTooLong": (
+        KmsErrorRule(
+            PermissionDenied,
+            "CALLER_IDENTITY_TOO_LONG",
+            False,
+            message="the caller's identity is longer than the 256 characters of a session "
+            "tag, so calls on member accounts' keys cannot name it",
+            operations=frozenset({"AssumeRole"}),
+        ),
+    ),
+    "CallerIdentityNotTaggable": (
+        KmsErrorRule(
+            PermissionDenied,
+            "CALLER_IDENTITY_NOT_TAGGABLE",
+            False,
+            message="the caller's identity holds characters a session tag cannot "
+            "(letters, digits, spaces and _.:/=+-@ only), so calls on member accounts' keys "
+            "cannot name it",
+            operations=frozenset({"AssumeRole"}),
+        ),
+    ),
     # Common Errors: "The request was denied due to request throttling."
     "ThrottlingException": (
         KmsErrorRule(ResourceExhausted, "KMS_THROTTLED", True, retry_after=1.0),
@@ -314,10 +377,20 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
     # The request can be retried."
     "KMSInternalException": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
     # Common Errors: ServiceUnavailable (503) and InternalFailure (500).
-    "ServiceUnavailable": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
-    "InternalFailure": (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
-    HTTP_5XX: (KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),),
+    "ServiceUnavailable": (
+        _STS_UNAVAILABLE,
+        KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
+    ),
+    "InternalFailure": (
+        _STS_UNAVAILABLE,
+        KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
+    ),
+    HTTP_5XX: (
+        _STS_UNAVAILABLE,
+        KmsErrorRule(Unavailable, "KMS_UNAVAILABLE", True, retry_after=1.0),
+    ),
     CONNECTION_ERROR: (
+        _STS_UNAVAILABLE,
         KmsErrorRule(
             Unavailable,
             "KMS_UNAVAILABLE",
@@ -327,6 +400,7 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
         ),
     ),
     READ_TIMEOUT: (
+        _STS_UNAVAILABLE,
         KmsErrorRule(
             Unavailable,
             "KMS_UNAVAILABLE",
@@ -379,8 +453,8 @@ def kms_rule(code: str, operation: str, http_status: int | None = None) -> KmsEr
     for rule in KMS_ERROR_TABLE.get(code, ()):
         if not rule.operations or operation in rule.operations:
             return rule
-    if http_status is not None and http_status >= 500:
-        return KMS_ERROR_TABLE[HTTP_5XX][0]
+    if http_status is not None and http_status >= 500 and code != HTTP_5XX:
+        return kms_rule(HTTP_5XX, operation)
     return UNKNOWN_KMS_ERROR
 
 

@@ -2,7 +2,9 @@
 
 Each method is one KMS operation, run under the limiter (a token per attempt), the
 caller's deadline and the retry policy; failures come back as the caller-facing
-errors of errors.KMS_ERROR_TABLE, naming the key they were about.
+errors of errors.KMS_ERROR_TABLE, naming the key they were about. The account a
+call goes to is the one its key ARN or alias ARN names (the home account otherwise);
+with an account rate limit, each account's calls (per Region) share one bucket.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kms_policy_service import metrics
-from kms_policy_service.backend import KeyMetadata, KmsBackend, KmsFailure, Operation, PolicyPage
+from kms_policy_service.accounts import AccountRoles, account_of
+from kms_policy_service.backend import (
+    ASSUME_ROLE,
+    KeyMetadata,
+    KmsBackend,
+    KmsFailure,
+    Operation,
+    PolicyPage,
+)
 from kms_policy_service.errors import (
     CONNECTION_ERROR,
     HTTP_5XX,
@@ -71,8 +81,12 @@ class KmsGateway:
         *,
         max_concurrency: int,
         max_waiters: int,
+        home_account: str = "",
+        accounts: AccountRoles | None = None,
     ) -> None:
         self._backend = backend
+        self._home_account = home_account
+        self._accounts = accounts or AccountRoles()
         self._limiter = limiter
         self._retry = retry
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -80,14 +94,29 @@ class KmsGateway:
         self.waiting = 0  # for a KMS connection slot
         self.in_flight = 0  # read by the kms_requests_in_flight gauge at scrape time
 
+    def account_of(self, key_id: str) -> str:
+        """The account a key identifier names: its ARN's, else the home account."""
+        return account_of(key_id) or self._home_account
+
+    def session_facts(self, key_id: str, ctx: RequestContext) -> dict[str, str]:
+        """For audit records: the account, the role assumed there and the session's identity."""
+        facts = {"account": self.account_of(key_id)}
+        member = self._accounts.role_for(key_id)
+        if member is not None:
+            facts["role_arn"] = member[1]
+            if self._accounts.caller_session_tags:
+                facts["session_identity"] = ctx.caller
+        return facts
+
     # -- the operations -------------------------------------------------------
 
     async def describe_key(self, key_id: str, *, region: str, ctx: RequestContext) -> KeyMetadata:
         return await self._call(
             Operation.DESCRIBE_KEY,
-            lambda: self._backend.describe_key(key_id, region=region),
+            lambda: self._backend.describe_key(key_id, region=region, caller=ctx.caller),
             ctx=ctx,
             key_arn=None,
+            account=f"{self.account_of(key_id)}:{region}",
         )
 
     async def get_key_policy(
@@ -95,9 +124,12 @@ class KmsGateway:
     ) -> str:
         return await self._call(
             Operation.GET_KEY_POLICY,
-            lambda: self._backend.get_key_policy(key_arn, policy_name, region=region),
+            lambda: self._backend.get_key_policy(
+                key_arn, policy_name, region=region, caller=ctx.caller
+            ),
             ctx=ctx,
             key_arn=key_arn,
+            account=f"{self.account_of(key_arn)}:{region}",
         )
 
     async def put_key_policy(
@@ -118,9 +150,11 @@ class KmsGateway:
                 policy,
                 bypass_lockout_check=bypass_lockout_check,
                 region=region,
+                caller=ctx.caller,
             ),
             ctx=ctx,
             key_arn=key_arn,
+            account=f"{self.account_of(key_arn)}:{region}",
             key_bucket=True,  # writes also spend the key's own bucket
         )
 
@@ -136,10 +170,11 @@ class KmsGateway:
         return await self._call(
             Operation.LIST_KEY_POLICIES,
             lambda: self._backend.list_key_policies(
-                key_arn, limit=limit, marker=marker, region=region
+                key_arn, limit=limit, marker=marker, region=region, caller=ctx.caller
             ),
             ctx=ctx,
             key_arn=key_arn,
+            account=f"{self.account_of(key_arn)}:{region}",
         )
 
     # -- the machinery --------------------------------------------------------
@@ -151,6 +186,7 @@ class KmsGateway:
         *,
         ctx: RequestContext,
         key_arn: str | None,
+        account: str,
         key_bucket: bool = False,
     ) -> T:
         """Run `fn` (one KMS request) with retries; every attempt takes a limiter token."""
@@ -165,6 +201,7 @@ class KmsGateway:
                 caller=ctx.rate_key,
                 key=key_arn if key_bucket else None,
                 deadline=ctx.deadline - self._retry.margin,
+                account=account,
             )
             budget = ctx.remaining() - self._retry.margin
             if budget <= 0:
@@ -180,7 +217,9 @@ class KmsGateway:
                     raise _deadline(operation) from exc
                 raise
             except KmsFailure as failure:
-                rule = kms_rule(failure.code, operation, failure.http_status)
+                # A member account's credentials failed: STS's row, about AssumeRole.
+                failed = failure.operation or operation
+                rule = kms_rule(failure.code, failed, failure.http_status)
                 delay = self._retry.backoff(attempt)
                 if (
                     rule.retryable
@@ -199,7 +238,7 @@ class KmsGateway:
                 raise from_kms_failure(
                     failure.code,
                     failure.message,
-                    operation=operation,
+                    operation=failed,
                     http_status=failure.http_status,
                     key_arn=key_arn,
                 ) from failure
@@ -228,9 +267,10 @@ class KmsGateway:
             outcome = "ok"
             return result
         except KmsFailure as failure:
-            outcome = kms_rule(failure.code, operation, failure.http_status).reason.lower()
-            if failure.code in MAY_HAVE_TAKEN_EFFECT:
-                ctx.kms_uncertain += 1
+            failed = failure.operation or operation
+            outcome = kms_rule(failure.code, failed, failure.http_status).reason.lower()
+            if failure.code in MAY_HAVE_TAKEN_EFFECT and failure.operation != ASSUME_ROLE:
+                ctx.kms_uncertain += 1  # (no KMS request is sent without credentials)
             raise
         except BaseException:  # cancelled or timed out with the request on its way
             ctx.kms_uncertain += 1

@@ -3,18 +3,41 @@
 One client per Region (the home Region plus any allow-listed ones) and one STS
 client, created at start and closed at shutdown; botocore failures become
 backend.KmsFailure with KMS's error code or one of errors' transport pseudo-codes.
+
+A member account's keys (accounts.AccountRoles) get their own clients, per
+(account, Region), created on first use and closed at shutdown, signed with
+credentials from STS AssumeRole of the account's role, chained from the service's
+own. Those are botocore's refreshable credentials (AioAssumeRoleCredentialFetcher
+behind AioDeferredRefreshableCredentials): nothing is assumed until first use,
+concurrent first uses wait on one AssumeRole, and the session is renewed in
+botocore's advisory window (15 minutes before expiry, by one caller while the others
+keep the current session) or, failing that, its mandatory one (10 minutes). A role
+that cannot be assumed fails only its account's calls, and works again by itself.
+With caller session tags there is one session per (account, caller), in a bounded
+LRU, tagged with the caller's identity.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioCredentialResolver,
+    AioCredentials,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession, get_session
+from botocore.credentials import CredentialProvider
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -25,14 +48,33 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from kms_policy_service import metrics
 from kms_policy_service._version import __version__
-from kms_policy_service.backend import CallerIdentity, KeyMetadata, KmsFailure, PolicyPage
+from kms_policy_service.accounts import (
+    CALLER_TAG,
+    SESSION_NAME,
+    AccountRoles,
+    session_tag_value,
+)
+from kms_policy_service.backend import (
+    ASSUME_ROLE,
+    CallerIdentity,
+    KeyMetadata,
+    KmsFailure,
+    PolicyPage,
+)
 from kms_policy_service.errors import CONNECTION_ERROR, CREDENTIALS_MISSING, READ_TIMEOUT
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_CALLER_SESSIONS = 256
 
 
 @contextmanager
-def _translate() -> Iterator[None]:
-    """Turn every botocore/aiohttp failure into a KmsFailure (raise ... from exc)."""
+def _translate(operation: str | None = None) -> Iterator[None]:
+    """Turn every botocore/aiohttp failure into a KmsFailure (raise ... from exc).
+
+    `operation` names a call made on the way (AssumeRole) rather than the KMS call.
+    """
     try:
         yield
     except ClientError as exc:
@@ -43,14 +85,16 @@ def _translate() -> Iterator[None]:
         if not code or code == str(status):
             code = _header_error_code(meta.get("HTTPHeaders", {})) or code
         code = code or (f"HTTP{status}" if status else "Unknown")
-        raise KmsFailure(code, error.get("Message", ""), http_status=status) from exc
+        raise KmsFailure(
+            code, error.get("Message", ""), http_status=status, operation=operation
+        ) from exc
     except (ConnectTimeoutError, ReadTimeoutError) as exc:
-        raise KmsFailure(READ_TIMEOUT, type(exc).__name__) from exc
+        raise KmsFailure(READ_TIMEOUT, type(exc).__name__, operation=operation) from exc
     except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
-        raise KmsFailure(CREDENTIALS_MISSING, type(exc).__name__) from exc
+        raise KmsFailure(CREDENTIALS_MISSING, type(exc).__name__, operation=operation) from exc
     except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
         # Endpoint unreachable, connection reset or dropped mid-response.
-        raise KmsFailure(CONNECTION_ERROR, type(exc).__name__) from exc
+        raise KmsFailure(CONNECTION_ERROR, type(exc).__name__, operation=operation) from exc
 
 
 def _header_error_code(headers: Mapping[str, Any]) -> str:
@@ -77,6 +121,8 @@ class ClientConfig:
     connect_timeout: float = 2.0
     read_timeout: float = 5.0
     max_pool_connections: int = 64
+    accounts: AccountRoles = field(default_factory=AccountRoles)
+    max_caller_sessions: int = DEFAULT_MAX_CALLER_SESSIONS  # with caller session tags
 
 
 def client_config(settings: ClientConfig) -> AioConfig:
@@ -92,12 +138,73 @@ def client_config(settings: ClientConfig) -> AioConfig:
     )
 
 
+class _Given(CredentialProvider):  # type: ignore[misc]
+    """A session's credential chain of one: the member account's refreshable credentials."""
+
+    METHOD = "assume-role"
+
+    def __init__(self, credentials: Any) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    async def load(self) -> Any:
+        return self._credentials
+
+
+class _RoleSession:
+    """One assumed-role session (per account, or per account and caller): its
+    refreshable credentials and its KMS clients, one per Region, made on first use."""
+
+    def __init__(self, session: AioSession, account: str, config: ClientConfig) -> None:
+        self._session = session
+        self._config = config
+        self.account = account
+        self.clients: dict[str, Any] = {}
+        self.stack = AsyncExitStack()
+        self.users = 0
+        self.evicted = False
+        self._lock = asyncio.Lock()
+
+    async def client(self, region: str) -> Any:
+        found = self.clients.get(region)
+        if found is None:
+            async with self._lock:  # concurrent first uses make one client
+                found = self.clients.get(region)
+                if found is None:
+                    found = self.clients[region] = await self.stack.enter_async_context(
+                        self._session.create_client(
+                            "kms",
+                            region_name=region,
+                            endpoint_url=self._config.kms_endpoint_url,
+                            config=client_config(self._config),
+                        )
+                    )
+        return found
+
+
 class AioKmsBackend:
     """KMS over HTTP through aiobotocore."""
 
-    def __init__(self, clients: dict[str, Any], sts: Any) -> None:
+    def __init__(
+        self,
+        clients: dict[str, Any],
+        sts: Any,
+        *,
+        session: AioSession | None = None,
+        config: ClientConfig | None = None,
+        source_credentials: Any = None,
+    ) -> None:
         self._clients = clients
         self._sts = sts
+        self._session = session
+        self._config = config
+        self._accounts = config.accounts if config is not None else AccountRoles()
+        self._source = source_credentials
+        self._sessions: OrderedDict[tuple[str, str], _RoleSession] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+        for account in self._accounts.roles:
+            # Bounded labels: the accounts come from configuration. -1: not assumed yet.
+            metrics.child(metrics.account_credentials, account).set(-1)
 
     @classmethod
     @asynccontextmanager
@@ -138,14 +245,125 @@ class AioKmsBackend:
                     **extra,
                 )
             )
-            yield cls(clients, sts)
+            source = None
+            if settings.accounts.roles:
+                # The member roles are assumed with the service's own credentials.
+                source = (
+                    AioCredentials(*credentials)
+                    if credentials is not None
+                    else await session.get_credentials()
+                )
+            backend = cls(clients, sts, session=session, config=settings, source_credentials=source)
+            stack.push_async_callback(backend._close_sessions)
+            yield backend
 
-    def _client(self, region: str) -> Any:
-        return self._clients[region]
+    # -- choosing the client ----------------------------------------------------
 
-    async def describe_key(self, key_id: str, *, region: str) -> KeyMetadata:
-        with _translate():
-            response = await self._client(region).describe_key(KeyId=key_id)
+    @asynccontextmanager
+    async def _client(self, key_id: str, region: str, caller: str) -> AsyncIterator[Any]:
+        """The home client for `region`, or the member account's for a member account's key."""
+        member = self._accounts.role_for(key_id)
+        if member is None:
+            yield self._clients[region]
+            return
+        account, role = member
+        session = self._role_session(account, role, caller)
+        session.users += 1
+        try:
+            yield await session.client(region)
+        finally:
+            session.users -= 1
+            if session.evicted and not session.users:
+                self._close_later(session)
+
+    def _role_session(self, account: str, role: str, caller: str) -> _RoleSession:
+        tagged = self._accounts.caller_session_tags
+        if tagged:
+            refused = session_tag_value(caller)
+            if refused:
+                raise KmsFailure(
+                    refused, "the caller's identity cannot be a session tag", operation=ASSUME_ROLE
+                )
+        key = (account, caller if tagged else "")
+        found = self._sessions.get(key)
+        if found is not None:
+            self._sessions.move_to_end(key)
+            return found
+        found = self._sessions[key] = self._new_session(account, role, caller if tagged else "")
+        assert self._config is not None
+        while tagged and len(self._sessions) > self._config.max_caller_sessions:
+            _, old = self._sessions.popitem(last=False)
+            old.evicted = True
+            if not old.users:
+                self._close_later(old)
+        return found
+
+    def _new_session(self, account: str, role: str, caller: str) -> _RoleSession:
+        assert self._session is not None and self._config is not None
+        extra: dict[str, Any] = {"RoleSessionName": SESSION_NAME}
+        if self._accounts.external_id:
+            extra["ExternalId"] = self._accounts.external_id
+        if caller:
+            # The member account's CloudTrail shows it (AssumeRole), and its policies can
+            # condition on aws:PrincipalTag/kms-policy-service:caller.
+            extra["Tags"] = [{"Key": CALLER_TAG, "Value": caller}]
+        fetcher = AioAssumeRoleCredentialFetcher(
+            client_creator=functools.partial(
+                self._session.create_client,
+                region_name=self._config.region,
+                endpoint_url=self._config.sts_endpoint_url,
+                config=client_config(self._config),
+            ),
+            source_credentials=self._source,
+            role_arn=role,
+            extra_args=extra,
+        )
+
+        async def assume() -> Any:
+            gauge = metrics.child(metrics.account_credentials, account)
+            try:
+                if self._source is None:
+                    raise KmsFailure(CREDENTIALS_MISSING, "no source", operation=ASSUME_ROLE)
+                with _translate(ASSUME_ROLE):
+                    fresh = await fetcher.fetch_credentials()
+            except KmsFailure as failure:
+                gauge.set(0)
+                metrics.child(metrics.assume_role_total, account, "failed").inc()
+                log.warning(
+                    "AssumeRole of %s failed: %s", role, failure.code, extra={"account": account}
+                )
+                raise
+            gauge.set(1)
+            metrics.child(metrics.assume_role_total, account, "ok").inc()
+            return fresh
+
+        credentials = AioDeferredRefreshableCredentials(refresh_using=assume, method="assume-role")
+        session = AioSession()
+        # Models parsed once for every session; credentials: this role's, nothing else.
+        session.register_component("data_loader", self._session.get_component("data_loader"))
+        session.register_component(
+            "credential_provider", AioCredentialResolver([_Given(credentials)])
+        )
+        return _RoleSession(session, account, self._config)
+
+    def _close_later(self, session: _RoleSession) -> None:
+        task = asyncio.get_running_loop().create_task(session.stack.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_sessions(self) -> None:
+        for session in self._sessions.values():
+            await session.stack.aclose()
+        self._sessions.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- the operations -----------------------------------------------------------
+
+    async def describe_key(self, key_id: str, *, region: str, caller: str = "") -> KeyMetadata:
+        async with self._client(key_id, region, caller) as client:
+            with _translate():
+                response = await client.describe_key(KeyId=key_id)
         meta = response["KeyMetadata"]
         return KeyMetadata(
             arn=meta["Arn"],
@@ -154,11 +372,12 @@ class AioKmsBackend:
             key_state=meta.get("KeyState", ""),
         )
 
-    async def get_key_policy(self, key_arn: str, policy_name: str, *, region: str) -> str:
-        with _translate():
-            response = await self._client(region).get_key_policy(
-                KeyId=key_arn, PolicyName=policy_name
-            )
+    async def get_key_policy(
+        self, key_arn: str, policy_name: str, *, region: str, caller: str = ""
+    ) -> str:
+        async with self._client(key_arn, region, caller) as client:
+            with _translate():
+                response = await client.get_key_policy(KeyId=key_arn, PolicyName=policy_name)
         return str(response["Policy"])
 
     async def put_key_policy(
@@ -169,25 +388,34 @@ class AioKmsBackend:
         *,
         bypass_lockout_check: bool,
         region: str,
+        caller: str = "",
     ) -> None:
-        with _translate():
-            await self._client(region).put_key_policy(
-                KeyId=key_arn,
-                PolicyName=policy_name,  # always explicit: moto and older SDKs need it
-                Policy=policy,
-                BypassPolicyLockoutSafetyCheck=bypass_lockout_check,
-            )
+        async with self._client(key_arn, region, caller) as client:
+            with _translate():
+                await client.put_key_policy(
+                    KeyId=key_arn,
+                    PolicyName=policy_name,  # always explicit: moto and older SDKs need it
+                    Policy=policy,
+                    BypassPolicyLockoutSafetyCheck=bypass_lockout_check,
+                )
 
     async def list_key_policies(
-        self, key_arn: str, *, limit: int | None, marker: str | None, region: str
+        self,
+        key_arn: str,
+        *,
+        limit: int | None,
+        marker: str | None,
+        region: str,
+        caller: str = "",
     ) -> PolicyPage:
         params: dict[str, Any] = {"KeyId": key_arn}
         if limit:
             params["Limit"] = limit
         if marker:
             params["Marker"] = marker
-        with _translate():
-            response = await self._client(region).list_key_policies(**params)
+        async with self._client(key_arn, region, caller) as client:
+            with _translate():
+                response = await client.list_key_policies(**params)
         next_marker = response.get("NextMarker") if response.get("Truncated") else None
         return PolicyPage(tuple(response.get("PolicyNames", [])), next_marker)
 

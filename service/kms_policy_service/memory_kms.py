@@ -3,8 +3,10 @@
 For unit tests of the layers above the backend (servicer, resolver, gateway) and for
 benchmarks of the service's own cost. `faults` are ordered rules like those of the
 HTTP fault injector the integration tests put in front of moto: the first rule that
-matches an operation fails it with a KMS error code, delays it, or both. Every call
-is recorded in `calls`. The service's real path is always kms.AioKmsBackend over HTTP.
+matches an operation fails it with a KMS error code, delays it, or both; a rule for
+"AssumeRole" fails the calls on other accounts' keys as getting their credentials
+would. Every call is recorded in `calls`. The service's real path is always
+kms.AioKmsBackend over HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
+from kms_policy_service.accounts import account_of
 from kms_policy_service.backend import (
+    ASSUME_ROLE,
     CallerIdentity,
     KeyMetadata,
     KmsFailure,
@@ -35,6 +39,7 @@ class Fault:
 class Call:
     operation: str
     key_id: str
+    caller: str = ""
     abandoned: bool = False  # the caller gave up (was cancelled) before the answer
 
 
@@ -51,11 +56,17 @@ class MemoryKms:
         self._managers: dict[str, str] = {}
 
     def create_key(
-        self, policy: str | None = None, *, alias: str | None = None, manager: str = "CUSTOMER"
+        self,
+        policy: str | None = None,
+        *,
+        alias: str | None = None,
+        manager: str = "CUSTOMER",
+        account: str | None = None,  # another (member) account's key
     ) -> str:
         key_id = str(uuid.uuid4())
-        arn = f"arn:aws:kms:{self.region}:{self.account}:key/{key_id}"
-        self._policies[arn] = {"default": policy or default_key_policy(self.account)}
+        account = account or self.account
+        arn = f"arn:aws:kms:{self.region}:{account}:key/{key_id}"
+        self._policies[arn] = {"default": policy or default_key_policy(account)}
         self._managers[arn] = manager
         if alias:
             self._aliases[alias] = arn
@@ -78,22 +89,18 @@ class MemoryKms:
         if name in self._aliases:
             return self._aliases[name]
         for arn in self._policies:
-            if arn.endswith("/" + key_id):
+            if arn.endswith("/" + key_id) and f":{self.account}:" in arn:
                 return arn
         raise KmsFailure("NotFoundException", f"Key '{key_id}' does not exist", http_status=400)
 
-    async def _enter(self, operation: str, key_id: str) -> None:
+    async def _enter(self, operation: str, key_id: str, caller: str = "") -> None:
         """Record the call and apply the first matching fault."""
-        call = Call(operation, key_id)
+        call = Call(operation, key_id, caller)
         self.calls.append(call)
-        fault = next(
-            (
-                f
-                for f in self.faults
-                if f.operation in (operation, "*") and (f.times is None or f.times > 0)
-            ),
-            None,
-        )
+        member = account_of(key_id) not in (None, self.account)
+        if member and self._fault(ASSUME_ROLE) is not None:
+            operation = ASSUME_ROLE  # the member account's credentials fail first
+        fault = self._fault(operation)
         if fault is None:
             return
         if fault.times is not None:
@@ -105,15 +112,32 @@ class MemoryKms:
                 call.abandoned = True
                 raise
         if fault.error_code:
-            raise KmsFailure(fault.error_code, "injected", http_status=fault.http_status)
+            raise KmsFailure(
+                fault.error_code,
+                "injected",
+                http_status=fault.http_status,
+                operation=ASSUME_ROLE if operation == ASSUME_ROLE else None,
+            )
 
-    async def describe_key(self, key_id: str, *, region: str) -> KeyMetadata:
-        await self._enter("DescribeKey", key_id)
+    def _fault(self, operation: str) -> Fault | None:
+        return next(
+            (
+                f
+                for f in self.faults
+                if f.operation in (operation, "*") and (f.times is None or f.times > 0)
+            ),
+            None,
+        )
+
+    async def describe_key(self, key_id: str, *, region: str, caller: str = "") -> KeyMetadata:
+        await self._enter("DescribeKey", key_id, caller)
         arn = self._arn(key_id)
         return KeyMetadata(arn, arn.rsplit("/", 1)[1], self._managers[arn], "Enabled")
 
-    async def get_key_policy(self, key_arn: str, policy_name: str, *, region: str) -> str:
-        await self._enter("GetKeyPolicy", key_arn)
+    async def get_key_policy(
+        self, key_arn: str, policy_name: str, *, region: str, caller: str = ""
+    ) -> str:
+        await self._enter("GetKeyPolicy", key_arn, caller)
         policies = self._policies[self._arn(key_arn)]
         if policy_name not in policies:
             raise KmsFailure("NotFoundException", "No such policy exists", http_status=400)
@@ -127,14 +151,21 @@ class MemoryKms:
         *,
         bypass_lockout_check: bool,
         region: str,
+        caller: str = "",
     ) -> None:
-        await self._enter("PutKeyPolicy", key_arn)
+        await self._enter("PutKeyPolicy", key_arn, caller)
         self._policies[self._arn(key_arn)][policy_name] = policy
 
     async def list_key_policies(
-        self, key_arn: str, *, limit: int | None, marker: str | None, region: str
+        self,
+        key_arn: str,
+        *,
+        limit: int | None,
+        marker: str | None,
+        region: str,
+        caller: str = "",
     ) -> PolicyPage:
-        await self._enter("ListKeyPolicies", key_arn)
+        await self._enter("ListKeyPolicies", key_arn, caller)
         return PolicyPage(tuple(self._policies[self._arn(key_arn)]), None)
 
     async def get_caller_identity(self) -> CallerIdentity:

@@ -1,7 +1,8 @@
 """Key resolution: any accepted key identifier to the key's metadata, via a short TTL cache.
 
 KMS Put/Get/ListKeyPolicies take only key IDs and key ARNs; DescribeKey also takes
-aliases, and tells AWS-managed keys apart (KeyManager).
+aliases, and tells AWS-managed keys apart (KeyManager). A key must resolve inside the
+account its identifier names (the home account for alias names and bare key IDs).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class KeyResolver:
         allowed_regions: frozenset[str],
         ttl: float,
         max_entries: int,
+        member_accounts: frozenset[str] = frozenset(),
     ) -> None:
         self._gateway = gateway
         self._account = account
+        self._member_accounts = member_accounts
         self._home_region = home_region
         self._allowed_regions = allowed_regions
         self._ttl = ttl
@@ -55,6 +58,7 @@ class KeyResolver:
             account=self._account,
             home_region=self._home_region,
             allowed_regions=self._allowed_regions,
+            member_accounts=self._member_accounts,
         )
 
     async def resolve(self, ref: KeyRef, ctx: RequestContext) -> ResolvedKey:
@@ -68,9 +72,10 @@ class KeyResolver:
         metadata = await self._describe.read(
             region, ref.raw, lambda: self._gateway.describe_key(ref.raw, region=region, ctx=ctx)
         )
-        if f":{self._account}:" not in metadata.arn:
+        account = ref.account or self._account
+        if f":{account}:" not in metadata.arn:
             # An alias cannot point across accounts; refuse rather than trust it.
-            message = f"key {ref.raw!r} resolved to {metadata.arn}, outside account {self._account}"
+            message = f"key {ref.raw!r} resolved to {metadata.arn}, outside account {account}"
             raise InvalidArgument(
                 message,
                 reason="CROSS_ACCOUNT_KEY",

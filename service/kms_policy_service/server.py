@@ -35,7 +35,12 @@ from kms_policy_service.admission import Admission
 from kms_policy_service.audit import AuditLog
 from kms_policy_service.authz import Authorizer
 from kms_policy_service.backend import KmsBackend
-from kms_policy_service.components import Components, build_components, build_local
+from kms_policy_service.components import (
+    Components,
+    account_roles,
+    build_components,
+    build_local,
+)
 from kms_policy_service.contract import POLICY_SERVICE
 from kms_policy_service.guardrail_file import GuardrailsFile
 from kms_policy_service.health import Health
@@ -254,6 +259,8 @@ class Server:
             connect_timeout=settings.kms_connect_timeout,
             read_timeout=settings.kms_read_timeout,
             max_pool_connections=settings.kms_max_pool_connections,
+            accounts=account_roles(settings),
+            max_caller_sessions=settings.max_caller_sessions,
         )
         backend = await self._stack.enter_async_context(
             AioKmsBackend.open(config, credentials=credentials)

@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kms_policy_service.accounts import check_account_roles
 from kms_policy_service.backend import Operation
 
 
@@ -85,6 +86,7 @@ DEFAULT_MAX_FINDINGS = 100  # per ValidateKeyPolicy answer, then one TOO_MANY_FI
 DEFAULT_FALLBACK_FRACTION = 0.5  # of each shared rate, per replica, while Redis is down
 DEFAULT_CANARY_INTERVAL_SECONDS = 30.0
 DEFAULT_AUTHZ_RELOAD_SECONDS = 2.0  # how often the authz file is checked for changes
+DEFAULT_MAX_CALLER_SESSIONS = 256  # assumed-role sessions kept with --caller-session-tags (LRU)
 KMS_OPERATIONS = tuple(Operation)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -161,6 +163,12 @@ class Settings:
     health_listen: str | None = None  # HOST:PORT serving only grpc.health.v1
     kms_canary_key: str | None = None
     kms_canary_interval: float = DEFAULT_CANARY_INTERVAL_SECONDS
+    # Member accounts: account -> the role assumed there (accounts.py)
+    account_roles: Mapping[str, str] = field(default_factory=dict)
+    assume_role_external_id: str | None = None
+    caller_session_tags: bool = False  # one session per caller, tagged with its identity
+    max_caller_sessions: int = DEFAULT_MAX_CALLER_SESSIONS
+    account_rate_limit: Rate | None = None  # per account and Region, every KMS operation
 
     def __post_init__(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -239,6 +247,12 @@ class Settings:
             address = getattr(self, name)
             if address is not None:
                 split_host_port(address)
+        try:
+            check_account_roles(self.account_roles)
+        except ValueError as exc:
+            raise SettingsError(f"--account-role: {exc}") from exc
+        if self.max_caller_sessions < 1:
+            raise SettingsError("max_caller_sessions must be >= 1")
         if self.rate_limit_backend and not self.rate_limit_backend.startswith(
             ("redis://", "rediss://", "unix://")
         ):

@@ -58,6 +58,7 @@ class PolicyWriter:
     ) -> None:
         """`check`: judges the change against the policy now in place (scopes, protected
         statements); it runs under the lock, on the policy the write replaces."""
+        audit.note(**self._gateway.session_facts(key.arn, ctx))  # account, role, session
         async with self._locked(key, ctx):
             if audit.enabled or command.expected_etag or check is not None:
                 previous = await self._read(key, command.policy_name, ctx)  # never cached

@@ -3,7 +3,12 @@
 Per rule it answers a chosen KMS error (`{"__type": ..., "message": ...}` with a
 status code), an HTML 500 page, a slow response, or drops the connection; every
 other request goes to the real moto server. It records every request that
-reached it, so tests can assert what did (and did not) reach KMS. It runs on its
+reached it, so tests can assert what did (and did not) reach KMS.
+
+STS speaks the query protocol: rules name its Action (e.g. "AssumeRole"), may require
+form fields (`match`, e.g. the RoleArn), answer errors as STS's XML, and "expiring"
+forwards an AssumeRole and rewrites its answer's Expiration to `expires_in` seconds
+from now (short-lived credentials). GetCallerIdentity is never faulted. It runs on its
 own thread and event loop, so sync tests, async tests and server subprocesses
 can all use it.
 """
@@ -11,7 +16,9 @@ can all use it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -20,11 +27,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+STS_ACTIONS = frozenset({"GetCallerIdentity", "AssumeRole"})
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+_EXPIRATION = re.compile(rb"<Expiration>[^<]*</Expiration>")
+
 
 @dataclass
 class Rule:
-    operation: str  # e.g. "PutKeyPolicy"; "*" for any KMS operation
-    action: str  # "error", "html500", "sleep", "drop", "reply", "apply_then_drop"
+    operation: str  # e.g. "PutKeyPolicy", or STS's "AssumeRole"; "*" for any KMS operation
+    # "error", "html500", "sleep", "drop", "reply", "apply_then_drop", "expiring" (STS)
+    action: str
     error_code: str = ""
     status: int = 400
     message: str = "injected"
@@ -34,6 +46,8 @@ class Rule:
     # for "error": the code only in the X-Amzn-ErrorType header (`Code:namespace`), the
     # body a bare message, as AWS's front end answers some requests it refuses itself
     code_in_header: bool = False
+    match: dict[str, str] | None = None  # request fields that must hold these values
+    expires_in: float = 0.0  # for "expiring": the credentials' lifetime, seconds
 
 
 @dataclass
@@ -42,6 +56,7 @@ class Seen:
     body: dict[str, Any]
     injected: str = ""  # the rule action applied, "" if forwarded untouched
     abandoned: bool = False  # the client went away before the answer
+    access_key: str = ""  # the access key ID that signed the request
 
 
 @dataclass
@@ -74,7 +89,11 @@ class KmsFaultInjector:
             return [s.operation for s in self.seen]
 
     def kms_operations(self) -> list[str]:
-        return [op for op in self.operations() if op != "GetCallerIdentity"]
+        return [op for op in self.operations() if op not in STS_ACTIONS]
+
+    def requests(self, operation: str) -> list[Seen]:
+        with self._lock:
+            return [s for s in self.seen if s.operation == operation]
 
     def start(self) -> KmsFaultInjector:
         self._thread.start()
@@ -107,9 +126,13 @@ class KmsFaultInjector:
         await runner.cleanup()
         await self._session.close()
 
-    def _match(self, operation: str) -> Rule | None:
+    def _match(self, operation: str, body: dict[str, Any], *, query: bool) -> Rule | None:
         with self._lock:
             for rule in self.rules:
+                if rule.operation == "*" and query:
+                    continue  # "*" means any KMS operation, never STS
+                if rule.match and any(body.get(k) != v for k, v in rule.match.items()):
+                    continue
                 if rule.operation in (operation, "*") and (rule.times is None or rule.times > 0):
                     if rule.times is not None:
                         rule.times -= 1
@@ -129,12 +152,29 @@ class KmsFaultInjector:
             form = urllib.parse.parse_qs(body.decode())
             operation = form.get("Action", ["?"])[0]
             parsed = {k: v[0] for k, v in form.items()}
-        seen = Seen(operation, parsed)
+        credential = _CREDENTIAL.search(request.headers.get("Authorization", ""))
+        seen = Seen(operation, parsed, access_key=credential.group(1) if credential else "")
         with self._lock:
             self.seen.append(seen)
-        rule = self._match(operation) if operation != "GetCallerIdentity" else None
+        query = not target
+        rule = (
+            self._match(operation, parsed, query=query)
+            if operation != "GetCallerIdentity"
+            else None
+        )
         if rule is not None:
             seen.injected = rule.action
+            if rule.action == "error" and query:
+                return web.Response(
+                    status=rule.status,
+                    body=(
+                        '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                        f"<Error><Type>Sender</Type><Code>{rule.error_code}</Code>"
+                        f"<Message>{rule.message}</Message></Error>"
+                        "<RequestId>injected</RequestId></ErrorResponse>"
+                    ),
+                    content_type="text/xml",
+                )
             if rule.action == "error" and rule.code_in_header:
                 return web.Response(
                     status=rule.status,
@@ -189,6 +229,12 @@ class KmsFaultInjector:
                 if request.transport is not None:
                     request.transport.abort()
                 return web.Response(status=500)
+            if rule is not None and rule.action == "expiring":
+                expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                    seconds=rule.expires_in
+                )
+                stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+                payload = _EXPIRATION.sub(b"<Expiration>" + stamp + b"</Expiration>", payload)
             return web.Response(
                 status=upstream.status,
                 body=payload,

@@ -22,7 +22,13 @@ class CountingLimiter:
         self.tokens = 0
 
     async def acquire(
-        self, operation: str, *, caller: str, key: str | None, deadline: float
+        self,
+        operation: str,
+        *,
+        caller: str,
+        key: str | None,
+        deadline: float,
+        account: str | None = None,
     ) -> None:
         self.tokens += 1
 
@@ -119,7 +125,13 @@ async def test_only_writes_spend_the_per_key_bucket(kms: MemoryKms) -> None:
 
     class Recording(CountingLimiter):
         async def acquire(
-            self, operation: str, *, caller: str, key: str | None, deadline: float
+            self,
+            operation: str,
+            *,
+            caller: str,
+            key: str | None,
+            deadline: float,
+            account: str | None = None,
         ) -> None:
             seen.append((operation, key))
 

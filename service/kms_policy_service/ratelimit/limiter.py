@@ -1,7 +1,8 @@
 """The limiter the KMS gateway draws a token from for every attempt.
 
-Per KMS operation, per caller, and per key for writes. A call waits for its
-token at most min(max_queue_wait, its remaining deadline); otherwise it is
+Per KMS operation, per caller, per key for writes, and per account and Region (KMS
+quotas are per account and Region: one account's callers must not spend another's).
+A call waits for its token at most min(max_queue_wait, its remaining deadline); otherwise it is
 refused at once with RESOURCE_EXHAUSTED (RATE_LIMITED), RetryInfo and a
 QuotaFailure naming the bucket. The number of waiters is bounded.
 """
@@ -29,7 +30,13 @@ WRITE_OPERATION = Operation.PUT_KEY_POLICY
 
 class Limiter(Protocol):
     async def acquire(
-        self, operation: str, *, caller: str, key: str | None, deadline: float
+        self,
+        operation: str,
+        *,
+        caller: str,
+        key: str | None,
+        deadline: float,
+        account: str | None = None,
     ) -> None:
         """Take one token for a KMS attempt, waiting at most until `deadline` (monotonic)."""
 
@@ -56,7 +63,13 @@ class NoLimit:
     """Admits everything at once (tests and benchmarks of other parts)."""
 
     async def acquire(
-        self, operation: str, *, caller: str, key: str | None, deadline: float
+        self,
+        operation: str,
+        *,
+        caller: str,
+        key: str | None,
+        deadline: float,
+        account: str | None = None,
     ) -> None:
         return None
 
@@ -68,6 +81,7 @@ class Limits:
     key_writes: Rate | None = DEFAULT_KEY_WRITE_RATE
     max_queue_wait: float = 2.0
     max_waiters: int = 256
+    account: Rate | None = None  # per account and Region ("ACCOUNT:REGION"), all operations
 
 
 class RateLimiter:
@@ -88,7 +102,13 @@ class RateLimiter:
         self.waiters = 0
 
     async def acquire(
-        self, operation: str, *, caller: str, key: str | None, deadline: float
+        self,
+        operation: str,
+        *,
+        caller: str,
+        key: str | None,
+        deadline: float,
+        account: str | None = None,
     ) -> None:
         now = self._clock()
         max_wait = max(0.0, min(self.limits.max_queue_wait, deadline - now))
@@ -100,6 +120,8 @@ class RateLimiter:
         )
         if key is not None and operation == WRITE_OPERATION and self.limits.key_writes:
             shared.append(Bucket(f"key:{key}", self.limits.key_writes))
+        if account is not None and self.limits.account:
+            shared.append(Bucket(f"account:{account}", self.limits.account))
         first = self._local.reserve(local, max_wait) if local else Decision(True, 0.0, 0.0)
         if not first.allowed:
             raise _refused(first)

@@ -1,4 +1,9 @@
-"""Key identifiers: parse what callers send, and keep keys inside the service's account."""
+"""Key identifiers: parse what callers send, and keep keys inside the accounts served.
+
+Those are the service's own (home) account and the member accounts it has a role in
+(--account-role). A key of a member account is named by its key ARN or alias ARN; an
+alias name or a bare key ID always means the home account.
+"""
 
 from __future__ import annotations
 
@@ -80,13 +85,19 @@ def parse_key_id(raw: str, *, field: str = "key_id") -> KeyRef:
 
 
 def check_key_scope(
-    ref: KeyRef, *, account: str, home_region: str, allowed_regions: frozenset[str]
+    ref: KeyRef,
+    *,
+    account: str,
+    home_region: str,
+    allowed_regions: frozenset[str],
+    member_accounts: frozenset[str] = frozenset(),
 ) -> str:
-    """The Region to serve `ref` from; refuse other accounts and Regions not allowed."""
-    if ref.account is not None and ref.account != account:
+    """The Region to serve `ref` from; refuse accounts not served and Regions not allowed."""
+    if ref.account is not None and ref.account != account and ref.account not in member_accounts:
         raise _invalid(
             f"key {ref.raw!r} belongs to account {ref.account}; key policies can only be "
-            f"managed in the service's own account {account}",
+            f"managed in the service's own account {account} and the accounts it has a role "
+            "in (--account-role)",
             reason="CROSS_ACCOUNT_KEY",
         )
     region = ref.region or home_region

@@ -10,8 +10,8 @@ principals count; the account (root or bare ID) counts as in KMS.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kms_policy_service.validation.document import as_list, iter_statements
@@ -53,6 +53,14 @@ class ServicePrincipal:
             return cls(account, f"arn:{partition}:iam::{account}:user/{m['name']}", arn, partition)
         return cls(account, arn, arn, partition)
 
+    @classmethod
+    def for_role(cls, role_arn: str, session_name: str) -> ServicePrincipal:
+        """The principal the service is in a member account: the role it assumes there."""
+        partition, account = role_arn.split(":")[1], role_arn.split(":")[4]
+        name = role_arn.rsplit("/", 1)[1]
+        session = f"arn:{partition}:sts::{account}:assumed-role/{name}/{session_name}"
+        return cls(account, role_arn, session, partition)
+
     def names(self) -> set[str]:
         return {
             "*",
@@ -72,6 +80,23 @@ class ServicePrincipal:
         if self.arn.startswith(role) and principal.startswith(role):
             return principal.rsplit("/", 1)[1] == self.arn.rsplit("/", 1)[1]
         return False
+
+
+_KEY_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>\d{12}):")
+
+
+@dataclass(frozen=True)
+class ServicePrincipals:
+    """Who the service is in each account it serves: its own principal at home, the
+    role it assumes in each member account."""
+
+    home: ServicePrincipal
+    members: Mapping[str, ServicePrincipal] = field(default_factory=dict)
+
+    def for_key(self, key_id: str | None) -> ServicePrincipal:
+        """The principal that manages the key a key ARN or alias ARN names (else home's)."""
+        m = _KEY_ARN_ACCOUNT.match(key_id or "")
+        return self.members.get(m["account"], self.home) if m else self.home
 
 
 def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -> bool:
