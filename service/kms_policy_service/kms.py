@@ -294,6 +294,7 @@ class AioKmsBackend:
         while tagged and len(self._sessions) > self._config.max_caller_sessions:
             _, old = self._sessions.popitem(last=False)
             old.evicted = True
+            metrics.caller_sessions_evicted_total.inc()
             if not old.users:
                 self._close_later(old)
         return found

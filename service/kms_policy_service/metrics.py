@@ -61,6 +61,10 @@ assume_role_total = Counter(
     "STS AssumeRole calls for member accounts' credentials, by account and outcome (ok, failed).",
     ("account", "outcome"),
 )
+caller_sessions_evicted_total = Counter(
+    "kms_policy_caller_sessions_evicted_total",
+    "Assumed-role caller sessions closed to stay within --max-caller-sessions (least recent).",
+)
 
 ratelimit_waits_total = Counter(
     "kms_policy_ratelimit_waits_total", "Calls that waited for a rate-limit token.", ("operation",)

@@ -462,3 +462,27 @@ async def test_the_kms_canary_may_name_a_member_accounts_key(
         assert time.monotonic() < deadline, "the canary never succeeded"
         await asyncio.sleep(0.05)
     assert credentials_state(MEMBER) == 1  # set to -1 at start, 1 by the canary's AssumeRole
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        roles(
+            caller_session_tags=True,
+            max_caller_sessions=1,
+            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+        )
+    ],
+    indirect=True,
+)
+async def test_caller_sessions_are_bounded_the_least_recent_closed_and_assumed_again(
+    service: RunningService, faults: KmsFaultInjector, moto_url: str
+) -> None:
+    meta = member_key(moto_url)
+    evicted = REGISTRY.get_sample_value("kms_policy_caller_sessions_evicted_total") or 0.0
+    for caller in (ADMIN, ADMIN, TEAM, ADMIN):
+        assert (await get(service, meta["Arn"], caller=caller)).key_arn == meta["Arn"]
+    tagged = [b["Tags.member.1.Value"] for b in assume_roles(faults)]
+    assert tagged == [ADMIN, TEAM, ADMIN]  # ADMIN's session was closed for TEAM's
+    after = REGISTRY.get_sample_value("kms_policy_caller_sessions_evicted_total") or 0.0
+    assert after - evicted == 2
