@@ -1,6 +1,7 @@
-"""Deployment artefacts: the Dockerfile (checked statically: no Docker engine here), the
-kustomize overlays (rendered, validated strictly against Kubernetes 1.33, and checked for
-the security properties we promise) and the IAM policy."""
+"""Deployment artefacts: the Dockerfile (checked statically here; built and run by
+tests/test_image.py), the kustomize overlays (rendered, validated strictly against
+Kubernetes 1.33, checked for the security properties we promise, and run with
+`podman kube play`) and the IAM policy."""
 
 from __future__ import annotations
 
@@ -110,6 +111,38 @@ def test_dockerfile_runtime_is_non_root_without_caches_and_runs_the_console_scri
     assert not any(re.search(r"apt-get install|gcc|build-essential", line_) for line_ in runtime)
     assert any(line_.startswith("EXPOSE ") and "50051" in line_ for line_ in runtime)
     assert any("org.opencontainers.image.title" in line_ for line_ in runtime)
+
+
+def test_the_runtime_installs_from_a_bind_mount_of_the_build_stage_and_copies_nothing() -> None:
+    lines = dockerfile()
+    start = max(i for i, line_ in enumerate(lines) if line_.startswith("FROM "))
+    build, runtime = lines[:start], lines[start:]
+    assert not any(line_.startswith("COPY") for line_ in runtime)  # a COPY is a layer for good
+    install = next(line_ for line_ in runtime if "pip install" in line_)
+    assert "--mount=type=bind,from=build" in install and "--no-index" in install
+    env = next(i for i, line_ in enumerate(runtime) if "PYTHONDONTWRITEBYTECODE=1" in line_)
+    assert env < runtime.index(install)  # pip's own modules are not byte-compiled into the layer
+    # Where packages come from is the builder's to say, in the build stage only; no index
+    # host is written here.
+    pip_args = {line_.split()[1].split("=")[0] for line_ in build if line_.startswith("ARG PIP_")}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT"} <= pip_args
+    assert not any(line_.startswith("ARG PIP_") for line_ in runtime)
+    urls = re.findall(r"https?://[^\s\"]+", "\n".join(lines))
+    assert urls == ["https://github.com/kms-policy-service/kms-policy-service"], urls
+    assert any(line_.startswith("ARG PYTHON_IMAGE=python:3.11-slim-bookworm") for line_ in lines)
+    assert any(line_.startswith('ARG EXTRAS=""') for line_ in runtime)
+
+
+def test_the_build_context_is_only_what_the_dockerfile_copies() -> None:
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {line_[1:].rstrip("/") for line_ in ignore if line_.startswith("!")}
+    copied = {
+        src.rstrip("/")
+        for line_ in dockerfile()
+        if line_.startswith("COPY ") and "--from=" not in line_
+        for src in line_.split()[1:-1]
+    }
+    assert "*" in ignore and kept == copied == set(podman.CONTEXT)
 
 
 def test_the_wheel_carries_the_service_the_client_and_the_stubs(tmp_path: Path) -> None:
