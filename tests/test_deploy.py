@@ -356,6 +356,11 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
         },
     }
     manifest.write_text(yaml.safe_dump(pod_spec))
+    with podman.kube_lock():
+        yield from _aws_pod(manifest)
+
+
+def _aws_pod(manifest: Path) -> Iterator[Aws]:
     try:
         (pod,) = podman.kube_play(manifest)
         endpoint = f"http://{pod.ip()}:{AWS_PORT}"

@@ -20,6 +20,7 @@ storage between runs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -451,6 +453,19 @@ class Pod:
         out = podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", self.infra)
         networks: dict[str, dict[str, Any]] = json.loads(out.stdout)
         return next(str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress"))
+
+
+@contextmanager
+def kube_lock() -> Iterator[None]:
+    """The manifests name their pods, volumes and secrets: one test run plays them at a
+    time on this host (others wait)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "kube.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def kube_play(manifest: Path) -> list[Pod]:
