@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -250,7 +251,14 @@ def host_pip_settings() -> dict[str, str]:
         rank = scopes.get(scope, 0)
         if key not in chosen or rank >= chosen[key][0]:
             chosen[key] = (rank, value)
-    return {key: value for key, (_, value) in chosen.items()}
+    found = {key: value for key, (_, value) in chosen.items()}
+    # A pip in the build trusts its own CA bundle; the host's system bundle may hold a CA
+    # (a proxy's) that the host's pip trusts through the system store.
+    bundles = (ssl.get_default_verify_paths().cafile, "/etc/ssl/certs/ca-certificates.crt")
+    system = next((b for b in bundles if b and os.path.isfile(b)), None)
+    if "cert" not in found and system:
+        found["cert"] = system
+    return found
 
 
 def pip_build_options(settings: dict[str, str]) -> list[str]:
