@@ -2,13 +2,14 @@
 
 Exit codes: 0 done; 1 findings with errors (validate), differences (diff), or an edit
 not applied; 2 usage; 3 not found; 4 invalid request (bad policy, lockout); 5 not
-allowed (permission, authentication); 6 conflict (etag mismatch, precondition);
-7 temporarily unavailable (rate limited, unavailable, deadline); 8 other errors.
+allowed (permission, authentication, out of scope); 6 conflict (etag mismatch,
+precondition, guardrail); 7 temporarily unavailable (rate limited, unavailable, deadline); 8 other errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -259,28 +260,41 @@ COMMANDS = {
 }
 
 
+def _preconditions(err: errors.PolicyError) -> list[errors.PreconditionViolation]:
+    """Those not already listed as violations (a guardrail's are, with their paths)."""
+    if not isinstance(err, errors.GuardrailViolationError):
+        return list(err.preconditions)
+    return [p for p in err.preconditions if not p.type.startswith(errors.GUARDRAIL_TYPE_PREFIX)]
+
+
 def report(err: errors.PolicyError, output: str) -> None:
-    """One readable line, then every detail (violations, preconditions, quotas, the
-    resource, when to retry); or one JSON object."""
+    """One readable line, then every detail (violations with their paths, preconditions,
+    quotas, the resource, when to retry); or one JSON object."""
     if output == "json":
-        data = {
+        data: dict[str, Any] = {
             "code": err.code.name,
             "reason": err.reason,
             "message": err.message,
             "request_id": err.request_id,
             "retry_after": err.retry_after,
-            "violations": [v.__dict__ for v in err.violations],
-            "preconditions": [p.__dict__ for p in err.preconditions],
-            "quota_violations": [q.__dict__ for q in err.quota_violations],
-            "resource": err.resource.__dict__ if err.resource is not None else None,
+            "violations": [dataclasses.asdict(v) for v in err.violations],
+            "preconditions": [dataclasses.asdict(p) for p in _preconditions(err)],
+            "quota_violations": [dataclasses.asdict(q) for q in err.quota_violations],
+            "resource": dataclasses.asdict(err.resource) if err.resource is not None else None,
         }
+        if isinstance(err, errors.GuardrailViolationError):
+            data["guardrails"] = list(err.guardrails)
+        if isinstance(err, errors.OutOfScopeError):
+            data["caller"] = err.caller
         print(json.dumps(data), file=sys.stderr)
         return
     print(f"kmspolicy: {err}", file=sys.stderr)
+    if isinstance(err, errors.OutOfScopeError) and err.caller:
+        print(f"  caller {err.caller}", file=sys.stderr)  # the identity the service judged
     for v in err.violations:
         where = f"{v.field} {v.path}" if v.path else v.field
         print(f"  {where}: {v.description} ({v.reason})", file=sys.stderr)
-    for p in err.preconditions:
+    for p in _preconditions(err):
         print(f"  precondition {p.type} {p.subject}: {p.description}", file=sys.stderr)
     for q in err.quota_violations:
         print(f"  quota {q.subject}: {q.description}", file=sys.stderr)

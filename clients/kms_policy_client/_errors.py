@@ -5,8 +5,10 @@ PolicyError                    any failed call (code, reason, message, request_i
 ├── InvalidRequestError        INVALID_ARGUMENT: .violations (field, path, description, reason)
 │   └── LockoutError           reason POLICY_LOCKOUT
 ├── PreconditionFailedError    FAILED_PRECONDITION (AWS-managed key, key state): .preconditions
+│   └── GuardrailViolationError reason GUARDRAIL_VIOLATION: .guardrails, .violations
 ├── EtagMismatchError          ABORTED / ETAG_MISMATCH: .current_etag
 ├── PermissionDeniedError      PERMISSION_DENIED (the caller, or the service's AWS role)
+│   └── OutOfScopeError        reason OUT_OF_SCOPE: .caller, .violations
 ├── UnauthenticatedError       UNAUTHENTICATED
 ├── RateLimitedError           RESOURCE_EXHAUSTED: .retry_after (seconds), .quota_violations
 ├── UnavailableError           UNAVAILABLE: .retry_after (seconds, or None)
@@ -15,7 +17,9 @@ PolicyError                    any failed call (code, reason, message, request_i
 
 Every detail the service sent is kept, as google-api-core does: `details` holds each
 one unpacked to its google.rpc type (an unknown type stays a google.protobuf.Any), and
-the typed attributes above are read from them.
+the typed attributes above are read from them. A policy refusal of any kind (a bad
+document, a change outside the caller's scope, a guardrail) lists each problem in
+`violations`, with its JSON path.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from google.rpc import error_details_pb2, status_pb2
 __all__ = [
     "DeadlineExceededError",
     "EtagMismatchError",
+    "GuardrailViolation",
+    "GuardrailViolationError",
     "InternalError",
     "InvalidRequestError",
     "LockoutError",
     "NotFoundError",
+    "OutOfScopeError",
     "PermissionDeniedError",
     "PolicyError",
     "PreconditionFailedError",
@@ -66,6 +73,8 @@ _DETAIL_TYPES: dict[str, type[message.Message]] = {
 # ErrorInfo metadata: a JSON array with the JSON path of each BadRequest violation, in
 # order ("" where none). docs/errors.md.
 VIOLATION_PATHS = "violationPaths"
+# PreconditionFailure violations of a guardrail have the type "guardrail/<name>".
+GUARDRAIL_TYPE_PREFIX = "guardrail/"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,15 @@ class Violation:
     path: str
     description: str
     reason: str
+
+
+@dataclass(frozen=True)
+class GuardrailViolation(Violation):
+    """One problem with a guardrail (`principal_accounts`, `public`, ...): `path` is where in
+    the new document (`Statement` for a removed protected statement), `field` is `policy`
+    and `reason` is `GUARDRAIL_<NAME>`, the code ValidateKeyPolicy reports it with."""
+
+    guardrail: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +179,20 @@ class PreconditionFailedError(PolicyError):
     pass
 
 
+class GuardrailViolationError(PreconditionFailedError):
+    """The new policy breaks an operator guardrail, whoever writes it; one violation per
+    problem (`preconditions` keeps the PreconditionFailure as sent)."""
+
+    violations: tuple[GuardrailViolation, ...]
+
+    @property
+    def guardrails(self) -> tuple[str, ...]:
+        """The names of the guardrails broken, as the service lists them."""
+        listed = self.metadata.get("guardrails", "")
+        names = [n for n in listed.split(",") if n]
+        return tuple(names) if names else tuple(sorted({v.guardrail for v in self.violations}))
+
+
 class EtagMismatchError(PolicyError):
     @property
     def current_etag(self) -> str:
@@ -169,6 +201,16 @@ class EtagMismatchError(PolicyError):
 
 class PermissionDeniedError(PolicyError):
     pass
+
+
+class OutOfScopeError(PermissionDeniedError):
+    """The caller may write this key's policy, but not this change: `violations` names each
+    statement, principal or action outside the caller's scope, with its JSON path."""
+
+    @property
+    def caller(self) -> str:
+        """The identity the service judged (mTLS, XFCC, or `local`)."""
+        return self.metadata.get("caller", "")
 
 
 class UnauthenticatedError(PolicyError):
@@ -202,7 +244,12 @@ _BY_CODE: dict[grpc.StatusCode, type[PolicyError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
-_BY_REASON: dict[str, type[PolicyError]] = {"POLICY_LOCKOUT": LockoutError}
+# A reason refines the class only under its own code: a subclass keeps its parent's code.
+_BY_REASON: dict[tuple[grpc.StatusCode, str], type[PolicyError]] = {
+    (grpc.StatusCode.INVALID_ARGUMENT, "POLICY_LOCKOUT"): LockoutError,
+    (grpc.StatusCode.FAILED_PRECONDITION, "GUARDRAIL_VIOLATION"): GuardrailViolationError,
+    (grpc.StatusCode.PERMISSION_DENIED, "OUT_OF_SCOPE"): OutOfScopeError,
+}
 
 
 def _unpack(detail: any_pb2.Any) -> message.Message:
@@ -232,6 +279,18 @@ def _violation(v: error_details_pb2.BadRequest.FieldViolation, path: str) -> Vio
     return Violation(v.field, path, description, v.reason)
 
 
+def _guardrail_violations(
+    preconditions: tuple[PreconditionViolation, ...],
+) -> tuple[GuardrailViolation, ...]:
+    out = []
+    for p in preconditions:
+        name = p.type.removeprefix(GUARDRAIL_TYPE_PREFIX)
+        if name != p.type and name:
+            reason = f"GUARDRAIL_{name.upper()}"
+            out.append(GuardrailViolation("policy", p.subject, p.description, reason, name))
+    return tuple(out)
+
+
 def from_status(
     code: grpc.StatusCode, details: str, status: status_pb2.Status | None
 ) -> PolicyError:
@@ -251,21 +310,28 @@ def from_status(
     retry = next((d for d in unpacked if isinstance(d, error_details_pb2.RetryInfo)), None)
     resource = next((d for d in unpacked if isinstance(d, error_details_pb2.ResourceInfo)), None)
     reason = info.reason if info is not None else ""
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, InternalError)
+    cls = _BY_REASON.get((code, reason)) or _BY_CODE.get(code, InternalError)
+    preconditions = tuple(
+        PreconditionViolation(p.type, p.subject, p.description)
+        for d in unpacked
+        if isinstance(d, error_details_pb2.PreconditionFailure)
+        for p in d.violations
+    )
+    violations: tuple[Violation, ...] = tuple(
+        _violation(v, p) for v, p in zip(fields, paths, strict=True)
+    )
+    if cls is GuardrailViolationError:
+        # Its problems travel as a PreconditionFailure (the service sends no BadRequest).
+        violations = _guardrail_violations(preconditions)
     return cls(
         details or code.name,
         code=code,
         reason=reason,
         domain=info.domain if info is not None else "",
         metadata=metadata,
-        violations=tuple(_violation(v, p) for v, p in zip(fields, paths, strict=True)),
+        violations=violations,
         retry_after=retry.retry_delay.ToNanoseconds() / 1e9 if retry is not None else None,
-        preconditions=tuple(
-            PreconditionViolation(p.type, p.subject, p.description)
-            for d in unpacked
-            if isinstance(d, error_details_pb2.PreconditionFailure)
-            for p in d.violations
-        ),
+        preconditions=preconditions,
         quota_violations=tuple(
             QuotaViolation(q.subject, q.description)
             for d in unpacked

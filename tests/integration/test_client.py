@@ -10,9 +10,12 @@ import pytest
 
 from kms_policy_client import (
     EtagMismatchError,
+    GuardrailViolation,
+    GuardrailViolationError,
     InvalidRequestError,
     LockoutError,
     NotFoundError,
+    OutOfScopeError,
     PermissionDeniedError,
     PolicyClient,
     PolicyClientSync,
@@ -23,6 +26,7 @@ from kms_policy_client import (
     Severity,
     Violation,
 )
+from kms_policy_client._results import Finding
 from kms_policy_service.ratelimit import Rate
 from tests.conftest import ACCOUNT, RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector, Rule
@@ -34,6 +38,21 @@ DECRYPT = {
     "Action": "kms:Decrypt",
     "Resource": "*",
 }
+STRANGER = "999999999999"
+# The sidecar's guardrails: its own account only, never public, the admins' statement kept.
+GUARDRAILS = f"""
+principal_accounts: ["{ACCOUNT}"]
+public: deny
+protected_sids: ["Enable IAM User Permissions"]
+"""
+# The sidecar's only caller (`local`), scoped to its own statements.
+SCOPED = """
+rules:
+  - callers: ['local']
+    actions: ['GetKeyPolicy', 'PutKeyPolicy', 'ValidateKeyPolicy']
+    keys: ['*']
+    scope: {sids: ['app-*']}
+"""
 
 
 @pytest.fixture
@@ -45,6 +64,12 @@ def settings_overrides(request: pytest.FixtureRequest, tmp_path: Any) -> dict[st
             "rules:\n  - callers: ['local']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
         )
         values["authz_policy"] = str(authz)
+    if values.get("authz_policy") == "SCOPED":
+        (tmp_path / "authz.yaml").write_text(SCOPED)
+        values["authz_policy"] = str(tmp_path / "authz.yaml")
+    if values.get("guardrails") == "SIDECAR":
+        (tmp_path / "guardrails.yaml").write_text(GUARDRAILS)
+        values["guardrails"] = str(tmp_path / "guardrails.yaml")
     return values
 
 
@@ -225,3 +250,61 @@ async def test_permission_denied_is_its_own_error(
     with pytest.raises(PermissionDeniedError) as denied:
         await client.put_policy(key["Arn"], policy_for())
     assert denied.value.reason == "CALLER_NOT_AUTHORIZED"
+
+
+def as_violations(findings: tuple[Finding, ...]) -> set[tuple[str, str, str]]:
+    """ValidateKeyPolicy's errors as a Put's violations; lockout comes last on a Put."""
+    return {(f.path, f.message, f.code) for f in findings if f.code != "POLICY_LOCKOUT"}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"guardrails": "SIDECAR"}], indirect=True)
+async def test_a_guardrail_violation_is_its_own_error_with_each_problem_at_its_path(
+    client: PolicyClient, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    document = json.loads(policy_for())
+    del document["Statement"][0]  # the protected administrators' statement
+    document["Statement"] += [
+        {**DECRYPT, "Principal": {"AWS": [ACCOUNT, f"arn:aws:iam::{STRANGER}:root"]}},
+        {**DECRYPT, "Sid": "Anyone", "Principal": "*"},
+    ]
+    found = await client.validate_policy(document, key_id=key["Arn"])
+    faults.clear()
+    with pytest.raises(GuardrailViolationError) as refused:
+        await client.put_policy(key["Arn"], document, bypass_lockout_check=True)
+    err = refused.value
+    assert isinstance(err, PreconditionFailedError) and err.reason == "GUARDRAIL_VIOLATION"
+    assert err.guardrails == ("principal_accounts", "protected_sids", "public")
+    assert {(v.guardrail, v.path) for v in err.violations} == {
+        ("principal_accounts", "Statement[0].Principal.AWS[1]"),
+        ("public", "Statement[1].Principal"),
+        ("protected_sids", "Statement"),
+    }
+    assert all(isinstance(v, GuardrailViolation) and v.field == "policy" for v in err.violations)
+    # The same problems, at the same paths and with the same codes, as ValidateKeyPolicy's.
+    assert {(v.path, v.description, v.reason) for v in err.violations} == as_violations(
+        found.errors
+    )
+    assert "PutKeyPolicy" not in faults.kms_operations()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"authz_policy": "SCOPED"}], indirect=True)
+async def test_out_of_scope_is_its_own_error_naming_the_caller_and_each_path(
+    client: PolicyClient, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    await client.put_policy(key["Arn"], policy_for(extra=[{**DECRYPT, "Sid": "app-decrypt"}]))
+    document = json.loads(policy_for(extra=[{**DECRYPT, "Sid": "billing"}]))
+    document["Statement"][0]["Action"] = "kms:Decrypt"  # not the caller's statement
+    found = await client.validate_policy(document, key_id=key["Arn"])
+    faults.clear()
+    with pytest.raises(OutOfScopeError) as refused:
+        await client.put_policy(key["Arn"], document, validate_only=True)
+    err = refused.value
+    assert isinstance(err, PermissionDeniedError) and err.reason == "OUT_OF_SCOPE"
+    assert err.caller == "local"
+    assert {(v.field, v.reason) for v in err.violations} == {("policy", "OUT_OF_SCOPE")}
+    # The administrators' statement changed and "billing" added; removing its own is fine.
+    assert [v.path for v in err.violations] == ["Statement[0].Sid", "Statement[1].Sid"]
+    assert {(v.path, v.description, v.reason) for v in err.violations} == as_violations(
+        found.errors
+    )
+    assert "PutKeyPolicy" not in faults.kms_operations()

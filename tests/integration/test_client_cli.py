@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.support.kms_faults import KmsFaultInjector
 
 KMSPOLICY = str(Path(sys.executable).parent / "kmspolicy")
 DECRYPT = {
@@ -20,11 +21,25 @@ DECRYPT = {
     "Action": "kms:Decrypt",
     "Resource": "*",
 }
+STRANGER = "999999999999"
+GUARDRAILS = f"principal_accounts: ['{ACCOUNT}']\npublic: deny\n"
+SCOPED = """
+rules:
+  - callers: ['local']
+    actions: ['GetKeyPolicy', 'PutKeyPolicy', 'ValidateKeyPolicy']
+    keys: ['*']
+    scope: {sids: ['app-*']}
+"""
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"key_write_rate_limit": None}
+def settings_overrides(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {"key_write_rate_limit": None}
+    files = {"guardrails": GUARDRAILS, "authz_policy": SCOPED}
+    for name in getattr(request, "param", ()):  # the setting that names a file, for this test
+        (tmp_path / f"{name}.yaml").write_text(files[name])
+        values[name] = str(tmp_path / f"{name}.yaml")
+    return values
 
 
 async def kmspolicy(
@@ -172,3 +187,67 @@ async def test_errors_are_one_line_plus_violations_and_json_for_scripts(
     assert rc == 3 and json.loads(err)["reason"] == "KEY_NOT_FOUND"
     rc, _, err = await kmspolicy(service, "put", key["Arn"], "-f", str(tmp_path / "nope.json"))
     assert rc == 2 and err.startswith("kmspolicy:")
+
+
+def policy_file(tmp_path: Path, *statements: dict[str, Any]) -> str:
+    path = tmp_path / "policy.json"
+    path.write_text(policy_for(extra=list(statements)))
+    return str(path)
+
+
+@pytest.mark.parametrize("settings_overrides", [["guardrails"]], indirect=True)
+async def test_put_prints_each_guardrail_violation_with_its_path(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], tmp_path: Path
+) -> None:
+    path = policy_file(
+        tmp_path,
+        {**DECRYPT, "Principal": {"AWS": f"arn:aws:iam::{STRANGER}:root"}},
+        {**DECRYPT, "Sid": "Anyone", "Principal": "*"},
+    )
+    faults.clear()
+    rc, _, err = await kmspolicy(service, "put", key["Arn"], "-f", path, "--dry-run")
+    first, *details = err.splitlines()
+    assert rc == 6 and first.startswith("kmspolicy: FAILED_PRECONDITION [GUARDRAIL_VIOLATION]:")
+    assert [(d.split(":")[0].strip(), d.rsplit(" ", 1)[-1]) for d in details] == [
+        ("policy Statement[1].Principal.AWS", "(GUARDRAIL_PRINCIPAL_ACCOUNTS)"),
+        ("policy Statement[2].Principal", "(GUARDRAIL_PUBLIC)"),
+    ]
+    rc, _, err = await kmspolicy(service, "--output", "json", "put", key["Arn"], "-f", path)
+    data = json.loads(err)
+    assert rc == 6 and data["guardrails"] == ["principal_accounts", "public"]
+    assert [(v["guardrail"], v["path"]) for v in data["violations"]] == [
+        ("principal_accounts", "Statement[1].Principal.AWS"),
+        ("public", "Statement[2].Principal"),
+    ]
+    assert "PutKeyPolicy" not in faults.kms_operations()
+
+
+@pytest.mark.parametrize("settings_overrides", [["guardrails"]], indirect=True)
+async def test_validate_lists_each_guardrail_violation_with_its_path(
+    service: RunningService, key: dict[str, Any], tmp_path: Path
+) -> None:
+    path = policy_file(tmp_path, {**DECRYPT, "Sid": "Anyone", "Principal": "*"})
+    rc, out, _ = await kmspolicy(service, "validate", "-f", path, "--key", key["Arn"])
+    rows = [line.split()[:3] for line in out.splitlines()[1:]]
+    assert rc == 1 and ["error", "GUARDRAIL_PUBLIC", "Statement[1].Principal"] in rows
+
+
+@pytest.mark.parametrize("settings_overrides", [["authz_policy"]], indirect=True)
+async def test_put_out_of_scope_prints_the_caller_and_each_violation_with_its_path(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], tmp_path: Path
+) -> None:
+    path = policy_file(tmp_path, {**DECRYPT, "Sid": "billing"})
+    faults.clear()
+    rc, _, err = await kmspolicy(service, "put", key["Arn"], "-f", path)
+    first, caller, violation = err.splitlines()
+    assert rc == 5 and first.startswith("kmspolicy: PERMISSION_DENIED [OUT_OF_SCOPE]:")
+    assert caller == "  caller local"  # the identity the service judged
+    assert violation.startswith("  policy Statement[1].Sid: ")
+    assert violation.endswith(" (OUT_OF_SCOPE)")
+    rc, _, err = await kmspolicy(service, "--output", "json", "put", key["Arn"], "-f", path)
+    data = json.loads(err)
+    assert rc == 5 and data["caller"] == "local"
+    assert [(v["path"], v["reason"]) for v in data["violations"]] == [
+        ("Statement[1].Sid", "OUT_OF_SCOPE")
+    ]
+    assert "PutKeyPolicy" not in faults.kms_operations()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -31,8 +32,16 @@ class Details:
 
     @property
     def paths(self) -> list[str]:
-        """The JSON path each violation's description starts with ("" for the whole document)."""
+        """The JSON path of each violation ("" for the whole document): the service's
+        ErrorInfo `violationPaths` when it sends them (exact, even where a JSON key holds
+        ": "), else the head each description starts with."""
         assert self.bad_request is not None
+        sent = self.error_info.metadata.get("violationPaths")
+        if sent is not None:
+            paths = json.loads(sent)
+            assert isinstance(paths, list) and all(isinstance(p, str) for p in paths), sent
+            assert len(paths) == len(self.bad_request.field_violations), sent
+            return paths
         out = []
         for v in self.bad_request.field_violations:
             head, sep, _ = v.description.partition(": ")

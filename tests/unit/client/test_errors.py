@@ -34,6 +34,15 @@ def status(
         (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POLICY", kpc.InvalidRequestError),
         (grpc.StatusCode.INVALID_ARGUMENT, "POLICY_LOCKOUT", kpc.LockoutError),
         (grpc.StatusCode.FAILED_PRECONDITION, "AWS_MANAGED_KEY", kpc.PreconditionFailedError),
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "GUARDRAIL_VIOLATION",
+            kpc.GuardrailViolationError,
+        ),
+        (grpc.StatusCode.PERMISSION_DENIED, "OUT_OF_SCOPE", kpc.OutOfScopeError),
+        # A reason refines only under its own code: the class keeps the code's meaning.
+        (grpc.StatusCode.INVALID_ARGUMENT, "GUARDRAIL_VIOLATION", kpc.InvalidRequestError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "OUT_OF_SCOPE", kpc.PreconditionFailedError),
         (grpc.StatusCode.ABORTED, "ETAG_MISMATCH", kpc.EtagMismatchError),
         (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_AUTHORIZED", kpc.PermissionDeniedError),
         (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", kpc.UnauthenticatedError),
@@ -159,4 +168,88 @@ def test_a_status_without_details_still_maps_by_code() -> None:
         and err.reason == ""
         and err.details == ()
         and str(err) == "UNAVAILABLE: connection refused"
+    )
+
+
+def test_a_guardrail_violation_names_the_guardrails_and_each_problem_with_its_path() -> None:
+    pre = error_details_pb2.PreconditionFailure()
+    pre.violations.add(
+        type="guardrail/principal_accounts",
+        subject="Statement[1].Principal.AWS[1]",
+        description="account 999999999999 is not allowed",
+    )
+    pre.violations.add(
+        type="guardrail/protected_sids", subject="Statement", description="'Admins' removed"
+    )
+    pre.violations.add(type="KEY_STATE", subject="arn:k", description="not ours")
+    err = from_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "m",
+        status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "GUARDRAIL_VIOLATION",
+            pre,
+            guardrails="principal_accounts,protected_sids",
+        ),
+    )
+    assert isinstance(err, kpc.GuardrailViolationError)
+    assert isinstance(err, kpc.PreconditionFailedError)  # existing handlers still catch it
+    assert err.guardrails == ("principal_accounts", "protected_sids")
+    assert err.violations == (
+        kpc.GuardrailViolation(
+            "policy",
+            "Statement[1].Principal.AWS[1]",
+            "account 999999999999 is not allowed",
+            "GUARDRAIL_PRINCIPAL_ACCOUNTS",
+            "principal_accounts",
+        ),
+        kpc.GuardrailViolation(
+            "policy", "Statement", "'Admins' removed", "GUARDRAIL_PROTECTED_SIDS", "protected_sids"
+        ),
+    )
+    assert all(isinstance(v, kpc.Violation) for v in err.violations)
+    assert len(err.preconditions) == 3  # the detail as sent
+
+
+def test_without_the_guardrails_metadata_the_names_come_from_the_violations() -> None:
+    pre = error_details_pb2.PreconditionFailure()
+    for name in ("public", "public", "restricted_actions"):
+        pre.violations.add(type=f"guardrail/{name}", subject="Statement[0]", description="d")
+    err = from_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "m",
+        status(grpc.StatusCode.FAILED_PRECONDITION, "GUARDRAIL_VIOLATION", pre),
+    )
+    assert isinstance(err, kpc.GuardrailViolationError)
+    assert err.guardrails == ("public", "restricted_actions")
+
+
+def test_out_of_scope_names_the_caller_and_each_problem_with_its_path() -> None:
+    bad = error_details_pb2.BadRequest()
+    bad.field_violations.add(
+        field="policy",
+        description="Statement[1].Sid: 'other' is not a Sid the caller owns",
+        reason="OUT_OF_SCOPE",
+    )
+    bad.field_violations.add(
+        field="policy", description="Statement: 'admins' removed", reason="OUT_OF_SCOPE"
+    )
+    err = from_status(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "m",
+        status(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "OUT_OF_SCOPE",
+            bad,
+            caller="spiffe://cluster.local/ns/payments/sa/api",
+            violationPaths=json.dumps(["Statement[1].Sid", "Statement"]),
+        ),
+    )
+    assert isinstance(err, kpc.OutOfScopeError) and isinstance(err, kpc.PermissionDeniedError)
+    assert err.caller == "spiffe://cluster.local/ns/payments/sa/api"
+    assert err.violations == (
+        kpc.Violation(
+            "policy", "Statement[1].Sid", "'other' is not a Sid the caller owns", "OUT_OF_SCOPE"
+        ),
+        kpc.Violation("policy", "Statement", "'admins' removed", "OUT_OF_SCOPE"),
     )
