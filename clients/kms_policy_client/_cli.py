@@ -3,7 +3,8 @@
 Exit codes: 0 done; 1 findings with errors (validate), differences (diff), or an edit
 not applied; 2 usage; 3 not found; 4 invalid request (bad policy, lockout); 5 not
 allowed (permission, authentication, out of scope); 6 conflict (etag mismatch,
-precondition, guardrail); 7 temporarily unavailable (rate limited, unavailable, deadline); 8 other errors.
+precondition, guardrail); 7 temporarily unavailable (rate limited, unavailable,
+deadline); 8 other errors.
 """
 
 from __future__ import annotations
