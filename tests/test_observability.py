@@ -389,3 +389,5 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_section_in_operation
         anchor = alert["annotations"]["runbook_url"].removeprefix(docs_url)
         assert anchor == alert["alert"].lower(), alert["alert"]
         assert anchor in headings, f"docs/operations.md has no section {alert['alert']}"
+    (link,) = render.dashboard()["links"]
+    assert link["url"].removeprefix(docs_url) in headings, link

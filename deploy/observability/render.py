@@ -368,7 +368,7 @@ def dashboard() -> dict[str, Any]:
             {
                 "title": "Runbook",
                 "type": "link",
-                "url": "https://github.com/kms-policy-service/kms-policy-service/blob/main/docs/operations.md#alerts",
+                "url": "https://github.com/kms-policy-service/kms-policy-service/blob/main/docs/operations.md#alerts-and-dashboards",
             }
         ],
         "templating": {
