@@ -24,10 +24,10 @@ UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 @pytest.fixture(scope="module")
 def stub(_injector: KmsFaultInjector) -> Iterator[pb_grpc.PolicyServiceStub]:
+    # Every example is a hostile request from one caller: the refusal budget would end
+    # the run; it is tested on its own (test_admission.py).
     proc = ServiceProcess(
-        [
-            *loopback_service(on=_injector.url),
-        ]
+        [*loopback_service(on=_injector.url), "--caller-refusal-rate-limit", "off"]
     ).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{proc.port}")
     try:
