@@ -141,6 +141,21 @@ def used() -> list[tuple[str, Usage]]:
     ]
 
 
+OUTSIDER = {
+    "Sid": "Outsider",
+    "Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+    "Action": "kms:Decrypt",
+    "Resource": "*",
+}
+
+LOCKOUT = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [{**OUTSIDER, "Principal": {"AWS": "arn:aws:iam::123456789012:role/app"}}],
+    }
+)
+
 # -- the service, scraped ----------------------------------------------------------------------
 
 
@@ -199,11 +214,15 @@ def exported(
     been sent garbage, had SIGHUP, and run its canary."""
     canary = kms.create_key(Description="canary")["KeyMetadata"]["Arn"]
     key = kms.create_key(Description="observability")["KeyMetadata"]["Arn"]
-    audit = tmp_path_factory.mktemp("observability") / "audit.log"
+    directory = tmp_path_factory.mktemp("observability")
+    audit = directory / "audit.log"
+    guardrails = directory / "guardrails.yaml"
+    guardrails.write_text('principal_accounts: ["123456789012"]\n')
     args = [
         *loopback_service(on=moto_url),
         "--metrics-listen=127.0.0.1:0",
         f"--audit-log={audit}",
+        f"--guardrails={guardrails}",
         f"--kms-canary-key={canary}",
         "--kms-canary-interval=0.5",
         "--kms-rate-limit=ListKeyPolicies=0.01:1",
@@ -220,9 +239,12 @@ def exported(
                 lambda: stub.GetKeyPolicy(
                     pb.GetKeyPolicyRequest(key_id="alias/missing"), timeout=10
                 ),
-                lambda: stub.PutKeyPolicy(  # POLICY_LOCKOUT
-                    pb.PutKeyPolicyRequest(key_id=key, policy=policy_for("111122223333")),
+                lambda: stub.PutKeyPolicy(  # GUARDRAIL_VIOLATION: another account
+                    pb.PutKeyPolicyRequest(key_id=key, policy=policy_for(extra=[OUTSIDER])),
                     timeout=10,
+                ),
+                lambda: stub.PutKeyPolicy(  # POLICY_LOCKOUT: only an app role, no admin
+                    pb.PutKeyPolicyRequest(key_id=key, policy=LOCKOUT), timeout=10
                 ),
                 lambda: stub.ListKeyPolicies(pb.ListKeyPoliciesRequest(key_id=key), timeout=10),
                 lambda: stub.ListKeyPolicies(pb.ListKeyPoliciesRequest(key_id=key), timeout=10),
@@ -251,6 +273,9 @@ def exported(
 def test_the_scrape_has_what_the_calls_produced(exported: Exported) -> None:
     codes = exported.values["grpc_server_handled_total"]["grpc_code"]
     assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"} <= codes
+    assert "FAILED_PRECONDITION" in codes
+    checks = exported.values["kms_policy_policy_refusals_total"]["check"]
+    assert checks == {"guardrail/principal_accounts"}
     assert "ok" in exported.values["kms_requests_total"]["outcome"]
     assert "malformed_request" in exported.values["kms_policy_admission_refusals_total"]["reason"]
 

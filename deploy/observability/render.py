@@ -312,15 +312,25 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                 "short",
             ),
             _panel(
-                "Authorization policy reloads",
+                "Authorization and guardrails reloads",
                 "By result: an error means the last edit did not load.",
                 [
                     (
                         per_second("result", "kms_policy_authz_reloads_total", fn="increase"),
-                        "{{result}}",
-                    )
+                        "authz {{result}}",
+                    ),
+                    (
+                        per_second("result", "kms_policy_guardrails_reloads_total", fn="increase"),
+                        "guardrails {{result}}",
+                    ),
                 ],
                 "short",
+            ),
+            _panel(
+                "Puts refused for what the policy says",
+                "kms_policy_policy_refusals_total by check: scope, or guardrail/<name>.",
+                [(per_second("check", "kms_policy_policy_refusals_total"), "{{check}}")],
+                "reqps",
             ),
             _panel(
                 "Versions",
