@@ -342,11 +342,13 @@ def build_image(extras: str = "") -> Built:
 
 
 def _forget_older(variant: str, keep: str) -> None:
-    """Earlier builds of this variant are dead weight in the storage: untag them."""
+    """Earlier builds of this variant, and the build stages left untagged, are dead weight
+    in the storage (~0.3 GB a build): remove them."""
     out = podman("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO, check=False)
     for ref in out.stdout.split():
         if ref != keep and ref.startswith(f"{IMAGE_REPO}:{variant}-"):
             podman("rmi", "--force", ref, check=False)
+    podman("image", "prune", "--force", check=False)
 
 
 def _scratch() -> str:
