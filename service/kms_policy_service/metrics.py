@@ -126,8 +126,9 @@ guardrails_reloads_total = Counter(
 )
 policy_refusals_total = Counter(
     "kms_policy_policy_refusals_total",
-    "PutKeyPolicy refused for what the policy says, by check: guardrail/<name> "
-    "(principal_accounts, org_ids, public, protected_sids, restricted_actions) or scope.",
+    "PutKeyPolicy calls refused for what the policy says, by "
+    "check: document, lockout, scope, or guardrail/<name> (principal_accounts, org_ids, "
+    "public, protected_sids, restricted_actions).",
     ("check",),
 )
 build_info = Gauge(

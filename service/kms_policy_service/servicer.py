@@ -407,6 +407,9 @@ def _raise_policy_errors(findings: Iterable[Finding], parsed: ParsedPolicy | Non
     document_errors = parsed is not None and bool(errors_only(parsed.findings))
     lockout = any(f.code == "POLICY_LOCKOUT" for f in errors)
     reason = "POLICY_LOCKOUT" if lockout and not document_errors else "INVALID_POLICY"
+    if errors:
+        check = "lockout" if reason == "POLICY_LOCKOUT" else "document"
+        metrics.child(metrics.policy_refusals_total, check).inc()
     raise_for_errors(errors, field="policy", reason=reason)
 
 

@@ -310,3 +310,32 @@ def test_a_bad_guardrails_file_at_start_exits_2_saying_why(
         proc.start(timeout=30)
     assert proc.wait(10) == 2
     assert any(says in str(r.get("message", "")) for r in proc.drain_logs())
+
+
+async def test_refusals_are_counted_by_check(service: RunningService, key: dict[str, Any]) -> None:
+    from kms_policy_service import metrics
+
+    def count(check: str) -> float:
+        value: float = metrics.policy_refusals_total.labels(check)._value.get()
+        return value
+
+    before = {c: count(c) for c in ("guardrail/public", "lockout", "document")}
+    lockout = with_statement(
+        {
+            "Sid": "NoMoreChanges",
+            "Effect": "Deny",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:PutKeyPolicy",
+            "Resource": "*",
+        }
+    )
+    for policy in (with_statement(allow("*")), lockout, "{not json"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await service.stub.PutKeyPolicy(
+                pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy)
+            )
+    assert {c: count(c) - before[c] for c in before} == {
+        "guardrail/public": 1,
+        "lockout": 1,
+        "document": 1,
+    }
