@@ -275,7 +275,7 @@ def test_the_scrape_has_what_the_calls_produced(exported: Exported) -> None:
     assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"} <= codes
     assert "FAILED_PRECONDITION" in codes
     checks = exported.values["kms_policy_policy_refusals_total"]["check"]
-    assert checks == {"guardrail/principal_accounts"}
+    assert checks == {"guardrail/principal_accounts", "lockout"}  # the two refused Puts above
     assert "ok" in exported.values["kms_requests_total"]["outcome"]
     assert "malformed_request" in exported.values["kms_policy_admission_refusals_total"]["reason"]
 
