@@ -4,7 +4,6 @@ is on disk before KMS is called, and a record alone is enough to roll a change b
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,10 @@ import pytest
 
 from kms_policy_service.etag import policy_etag
 from kmspolicy.v1 import policy_service_pb2 as pb
-from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.conftest import RunningService, policy_for
+from tests.support.audit_trail import DECRYPT, records
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
-
-DECRYPT = {
-    "Sid": "AppDecrypt",
-    "Effect": "Allow",
-    "Principal": {"AWS": ACCOUNT},
-    "Action": "kms:Decrypt",
-    "Resource": "*",
-}
 
 
 @pytest.fixture
@@ -48,10 +40,6 @@ def settings_overrides(
             value = str(tmp_path / "blocker" / "audit.log")
         values[name] = value
     return values
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 async def test_a_successful_put_writes_intent_then_outcome_with_everything_needed(

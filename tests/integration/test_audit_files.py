@@ -12,19 +12,10 @@ from typing import Any
 import pytest
 
 from kmspolicy.v1 import policy_service_pb2 as pb
-from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.conftest import RunningService, policy_for
+from tests.support.audit_trail import decrypt_for, records
 
 TORN = '{"time":"2024-01-01T00:00:00.000Z","phase":"intent","previous_policy":"{\\"Ver'
-
-
-def decrypt_for(sid: str) -> dict[str, Any]:
-    return {
-        "Sid": sid,
-        "Effect": "Allow",
-        "Principal": {"AWS": ACCOUNT},
-        "Action": "kms:Decrypt",
-        "Resource": "*",
-    }
 
 
 @pytest.fixture
@@ -38,10 +29,6 @@ def settings_overrides(audit_path: Path, request: pytest.FixtureRequest) -> dict
         audit_path.parent.mkdir(parents=True)
         audit_path.write_text('{"phase":"outcome"}\n' + TORN)
     return {"audit_log": str(audit_path), "key_write_rate_limit": None}
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 async def put(service: RunningService, key: dict[str, Any], sid: str = "AppDecrypt") -> None:

@@ -4,7 +4,6 @@ recorded as UNKNOWN, never as failed, and settled by reading the policy back."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,10 @@ import grpc
 import pytest
 
 from kmspolicy.v1 import policy_service_pb2 as pb
-from tests.conftest import ACCOUNT, RunningService, policy_for
+from tests.conftest import RunningService, policy_for
+from tests.support.audit_trail import DECRYPT, records
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
-
-DECRYPT = {
-    "Sid": "AppDecrypt",
-    "Effect": "Allow",
-    "Principal": {"AWS": ACCOUNT},
-    "Action": "kms:Decrypt",
-    "Resource": "*",
-}
 
 
 @pytest.fixture
@@ -34,10 +26,6 @@ def audit_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_overrides(audit_path: Path) -> dict[str, Any]:
     return {"audit_log": str(audit_path), "key_write_rate_limit": None}
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 async def settled(path: Path, timeout: float = 10.0) -> dict[str, Any]:

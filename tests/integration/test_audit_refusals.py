@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from prometheus_client import REGISTRY
 from kms_policy_service.settings import DEFAULT_REFUSAL_RATE
 from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import RunningService
+from tests.support.audit_trail import records
 
 POLICY_30K = '{"Version":"2012-10-17","Statement":[],"Pad":"' + "x" * 30_000 + '"}'
 RECORD_BOUND = 4096  # bytes: a refused record of a caller not authorized to write, at most
@@ -43,10 +43,6 @@ def settings_overrides(
         )
         values["authz_policy"] = str(authz)
     return values
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def dropped_metric() -> float:
