@@ -59,6 +59,7 @@ REFUSAL_CODES = frozenset(
 )
 MAX_TRACKED_CALLERS = 10_000  # penalties remembered at once (oldest forgotten first)
 MALFORMED_LOG_INTERVAL_SECONDS = 10.0
+MAX_WRAPPED_METHODS = 1024  # wrappers kept (one per served method)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._refusals = MemoryStore(max_buckets=MAX_TRACKED_CALLERS)
         self._penalized: OrderedDict[str, float] = OrderedDict()  # caller -> until (monotonic)
         self._malformed_log = _ThrottledLog(MALFORMED_LOG_INTERVAL_SECONDS)
+        # method -> (the handler gRPC resolved, our wrapper of it): gRPC runs interceptors
+        # on every call, and the wrapper depends only on the handler. Only resolved
+        # (registered) methods enter, so the map is as small as the services served.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def held(self, caller: str) -> int:
         return self._held.get(caller, 0)
@@ -109,6 +114,15 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._wrapped) < MAX_WRAPPED_METHODS:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary, handler.request_deserializer),
@@ -137,9 +151,13 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, behaviour: Any, deserializer: Callable[[bytes], Any] | None
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handle(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._admitted(method, context):
+            # _admitted inlined: nearly every RPC takes this path.
+            caller = await self._enter(context)
+            try:
                 request = await self._receive(method, context, deserializer)
                 return await behaviour(request, context)
+            finally:
+                self._leave(caller, context)
 
         return handle
 
@@ -186,6 +204,14 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _admitted(
         self, method: str, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[None]:
+        caller = await self._enter(context)
+        try:
+            yield
+        finally:
+            self._leave(caller, context)
+
+    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+        """Identify the caller and admit it (or abort the RPC); the caller's rate key."""
         who = self._identifier.identify(context)
         CURRENT_CALLER.set(who)
         caller = who.rate_key
@@ -194,15 +220,15 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             metrics.child(metrics.admission_refusals_total, refusal.reason.lower()).inc()
             await _abort(context, refusal)
         self._held[caller] = self._held.get(caller, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._held[caller] - 1
-            if left:
-                self._held[caller] = left
-            else:
-                del self._held[caller]
-            self._count_refusal(caller, context)
+        return caller
+
+    def _leave(self, caller: str, context: grpc.aio.ServicerContext) -> None:
+        left = self._held[caller] - 1
+        if left:
+            self._held[caller] = left
+        else:
+            del self._held[caller]
+        self._count_refusal(caller, context)
 
     def _refuse(self, caller: str) -> ServiceError | None:
         limits = self._limits

@@ -23,7 +23,7 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ from aiobotocore.credentials import (
     AioDeferredRefreshableCredentials,
 )
 from aiobotocore.session import AioSession, get_session
+from botocore.context import get_context
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import (
     BotoCoreError,
@@ -138,6 +139,55 @@ def client_config(settings: ClientConfig) -> AioConfig:
     )
 
 
+MAX_USER_AGENTS = 64  # distinct feature sets remembered per client (in practice: a few)
+
+
+class _CachedUserAgent:
+    """botocore's User-Agent for a client, built once per set of features.
+
+    botocore assembles and sanitizes the header twice per request (a dozen components,
+    a regex each); everything in it but the request's feature ids is fixed when the
+    client is made, so the string is kept per feature set: the same header, byte for
+    byte, without the work.
+    """
+
+    def __init__(self, creator: Any) -> None:
+        self._creator = creator
+        self._built: dict[frozenset[str], str] = {}
+
+    def to_string(self) -> str:
+        ctx = get_context()
+        features = frozenset(ctx.features) if ctx is not None else frozenset()
+        found = self._built.get(features)
+        if found is None:
+            found = self._creator.to_string()
+            if len(self._built) < MAX_USER_AGENTS:
+                self._built[features] = found
+        return str(found)
+
+    def rebuild_and_replace_user_agent_handler(
+        self, operation_name: str, request: Any, **kwargs: Any
+    ) -> None:
+        if request.headers.get("User-Agent"):
+            request.headers.replace_header("User-Agent", self.to_string())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._creator, name)
+
+
+def _lighten(client: Any) -> Any:
+    """Per-request work a client does not need to repeat: the User-Agent, built once."""
+    creator = getattr(client, "_user_agent_creator", None)
+    if creator is None or isinstance(creator, _CachedUserAgent):
+        return client
+    cached = _CachedUserAgent(creator)
+    event = f"request-created.{client.meta.service_model.service_id.hyphenize()}"
+    client.meta.events.unregister(event, creator.rebuild_and_replace_user_agent_handler)
+    client.meta.events.register_last(event, cached.rebuild_and_replace_user_agent_handler)
+    client._user_agent_creator = cached
+    return client
+
+
 class _Given(CredentialProvider):  # type: ignore[misc]
     """A session's credential chain of one: the member account's refreshable credentials."""
 
@@ -171,12 +221,14 @@ class _RoleSession:
             async with self._lock:  # concurrent first uses make one client
                 found = self.clients.get(region)
                 if found is None:
-                    found = self.clients[region] = await self.stack.enter_async_context(
-                        self._session.create_client(
-                            "kms",
-                            region_name=region,
-                            endpoint_url=self._config.kms_endpoint_url,
-                            config=client_config(self._config),
+                    found = self.clients[region] = _lighten(
+                        await self.stack.enter_async_context(
+                            self._session.create_client(
+                                "kms",
+                                region_name=region,
+                                endpoint_url=self._config.kms_endpoint_url,
+                                config=client_config(self._config),
+                            )
                         )
                     )
         return found
@@ -227,13 +279,15 @@ class AioKmsBackend:
         async with AsyncExitStack() as stack:
             clients: dict[str, Any] = {}
             for region in sorted({settings.region, *settings.regions}):
-                clients[region] = await stack.enter_async_context(
-                    session.create_client(
-                        "kms",
-                        region_name=region,
-                        endpoint_url=settings.kms_endpoint_url,
-                        config=config,
-                        **extra,
+                clients[region] = _lighten(
+                    await stack.enter_async_context(
+                        session.create_client(
+                            "kms",
+                            region_name=region,
+                            endpoint_url=settings.kms_endpoint_url,
+                            config=config,
+                            **extra,
+                        )
                     )
                 )
             sts = await stack.enter_async_context(
@@ -361,10 +415,26 @@ class AioKmsBackend:
 
     # -- the operations -----------------------------------------------------------
 
-    async def describe_key(self, key_id: str, *, region: str, caller: str = "") -> KeyMetadata:
+    async def _call(
+        self, key_id: str, region: str, caller: str, call: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        """`call(client)` on the client for the key's account, failures translated.
+
+        The home account's keys skip the member-session bookkeeping (no context manager
+        per request): they are nearly every call.
+        """
+        if not self._accounts.roles or self._accounts.role_for(key_id) is None:
+            client = self._clients[region]
+            with _translate():
+                return await call(client)
         async with self._client(key_id, region, caller) as client:
             with _translate():
-                response = await client.describe_key(KeyId=key_id)
+                return await call(client)
+
+    async def describe_key(self, key_id: str, *, region: str, caller: str = "") -> KeyMetadata:
+        response = await self._call(
+            key_id, region, caller, lambda client: client.describe_key(KeyId=key_id)
+        )
         meta = response["KeyMetadata"]
         return KeyMetadata(
             arn=meta["Arn"],
@@ -376,9 +446,12 @@ class AioKmsBackend:
     async def get_key_policy(
         self, key_arn: str, policy_name: str, *, region: str, caller: str = ""
     ) -> str:
-        async with self._client(key_arn, region, caller) as client:
-            with _translate():
-                response = await client.get_key_policy(KeyId=key_arn, PolicyName=policy_name)
+        response = await self._call(
+            key_arn,
+            region,
+            caller,
+            lambda client: client.get_key_policy(KeyId=key_arn, PolicyName=policy_name),
+        )
         return str(response["Policy"])
 
     async def put_key_policy(
@@ -391,14 +464,17 @@ class AioKmsBackend:
         region: str,
         caller: str = "",
     ) -> None:
-        async with self._client(key_arn, region, caller) as client:
-            with _translate():
-                await client.put_key_policy(
-                    KeyId=key_arn,
-                    PolicyName=policy_name,  # always explicit: moto and older SDKs need it
-                    Policy=policy,
-                    BypassPolicyLockoutSafetyCheck=bypass_lockout_check,
-                )
+        await self._call(
+            key_arn,
+            region,
+            caller,
+            lambda client: client.put_key_policy(
+                KeyId=key_arn,
+                PolicyName=policy_name,  # always explicit: moto and older SDKs need it
+                Policy=policy,
+                BypassPolicyLockoutSafetyCheck=bypass_lockout_check,
+            ),
+        )
 
     async def list_key_policies(
         self,
@@ -414,9 +490,9 @@ class AioKmsBackend:
             params["Limit"] = limit
         if marker:
             params["Marker"] = marker
-        async with self._client(key_arn, region, caller) as client:
-            with _translate():
-                response = await client.list_key_policies(**params)
+        response = await self._call(
+            key_arn, region, caller, lambda client: client.list_key_policies(**params)
+        )
         next_marker = response.get("NextMarker") if response.get("Truncated") else None
         return PolicyPage(tuple(response.get("PolicyNames", [])), next_marker)
 

@@ -59,3 +59,55 @@ def test_client_config_owns_retries_and_bounds_timeouts() -> None:
     assert config.connect_timeout == 2.0 and config.read_timeout == 5.0
     assert config.max_pool_connections == 64
     assert config.user_agent_appid.startswith("kms-policy-service/")
+
+
+async def test_a_lightened_client_sends_the_same_user_agent_built_once() -> None:
+    import json
+
+    from aiobotocore.session import get_session
+    from aiohttp import web
+
+    from kms_policy_service.kms import _lighten
+
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers["User-Agent"])
+        return web.Response(
+            text=json.dumps({"Policy": "{}"}), content_type="application/x-amz-json-1.1"
+        )
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
+    try:
+        async with get_session().create_client(
+            "kms",
+            region_name="us-east-1",
+            endpoint_url=url,
+            config=config,
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+        ) as client:
+            await client.get_key_policy(KeyId="k", PolicyName="default")
+            creator = client._user_agent_creator
+            builds = 0
+            original = creator.to_string
+
+            def counted() -> str:
+                nonlocal builds
+                builds += 1
+                return str(original())
+
+            creator.to_string = counted
+            _lighten(client)
+            for _ in range(3):
+                await client.get_key_policy(KeyId="k", PolicyName="default")
+    finally:
+        await runner.cleanup()
+    assert len(set(seen)) == 1 and "app/kms-policy-service" in seen[0]
+    assert builds == 1  # botocore alone builds it twice per request
