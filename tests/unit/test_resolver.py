@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -92,4 +93,88 @@ async def test_a_missing_key_is_not_found_and_not_cached() -> None:
     for _ in range(2):
         with pytest.raises(NotFound):
             await r.resolve(parse_key_id("alias/missing"), ctx())
+    assert kms.operations() == ["DescribeKey"] * 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refreshing_resolver(kms: MemoryKms, clock: Clock, uniform: object) -> KeyResolver:
+    gateway = KmsGateway(
+        kms, NoLimit(), RetryPolicy(1, 0.01, 0.01, 0.0), max_concurrency=8, max_waiters=512
+    )
+    return KeyResolver(
+        gateway,
+        account=kms.account,
+        home_region="us-east-1",
+        allowed_regions=frozenset(),
+        ttl=30.0,
+        max_entries=1000,
+        clock=clock,
+        uniform=uniform,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_key_in_use_is_refreshed_ahead_of_expiry_and_never_expires_under_its_callers() -> (
+    None
+):
+    kms = MemoryKms()
+    kms.create_key(alias="alias/app")
+    clock = Clock()
+    r = refreshing_resolver(kms, clock, lambda a, b: 0.8)  # refresh after 24 of 30 s
+    await r.resolve(parse_key_id("alias/app"), ctx())
+    clock.now += 20
+    await r.resolve(parse_key_id("alias/app"), ctx())
+    await r.settle()
+    assert kms.operations() == ["DescribeKey"]  # not due yet
+    clock.now += 5  # 25 s: due; the caller is answered from the cache, KMS asked behind it
+    kms.faults.append(Fault("DescribeKey", delay=0.05, times=1))
+    await r.resolve(parse_key_id("alias/app"), ctx())
+    assert kms.operations() == ["DescribeKey"]  # not awaited by the caller
+    await r.settle()
+    assert kms.operations() == ["DescribeKey"] * 2
+    clock.now += 10  # 35 s: past the first entry's expiry, within the refreshed one's
+    await r.resolve(parse_key_id("alias/app"), ctx())
+    await r.settle()
+    assert kms.operations() == ["DescribeKey"] * 2
+
+
+async def test_keys_resolved_together_are_refreshed_at_scattered_moments() -> None:
+    kms = MemoryKms()
+    keys = [f"alias/k{i}" for i in range(256)]
+    for key in keys:
+        kms.create_key(alias=key)
+    clock = Clock()
+    r = refreshing_resolver(kms, clock, random.Random(7).uniform)
+    for key in keys:
+        await r.resolve(parse_key_id(key), ctx())
+    kms.calls.clear()
+    refreshed_per_second = []
+    for _ in range(30):  # every key read once a second for one TTL
+        clock.now += 1
+        for key in keys:
+            await r.resolve(parse_key_id(key), ctx())
+        await r.settle()
+        refreshed_per_second.append(len(kms.operations()))
+        kms.calls.clear()
+    assert sum(refreshed_per_second) == 256  # each key refreshed once, none expired
+    assert max(refreshed_per_second) <= 40  # spread over the refresh window, not one burst
+
+
+async def test_a_failed_refresh_keeps_the_entry_until_it_expires() -> None:
+    kms = MemoryKms()
+    kms.create_key(alias="alias/app")
+    clock = Clock()
+    r = refreshing_resolver(kms, clock, lambda a, b: 0.5)
+    first = await r.resolve(parse_key_id("alias/app"), ctx())
+    clock.now += 16
+    kms.faults.append(Fault("DescribeKey", error_code="KMSInternalException", times=1))
+    again = await r.resolve(parse_key_id("alias/app"), ctx())
+    await r.settle()
+    assert again.arn == first.arn
     assert kms.operations() == ["DescribeKey"] * 2
