@@ -127,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--kms-max-pool-connections",
         "kms_max_pool_connections",
-        "HTTP connections to KMS (default 64)",
+        "HTTP connections to KMS (default 256)",
         int,
     ),
     Option(
@@ -181,7 +181,7 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a call may wait for a token (default 2)",
         float,
     ),
-    Option("--max-concurrency", "max_concurrency", "KMS calls in flight (default 64)", int),
+    Option("--max-concurrency", "max_concurrency", "KMS calls in flight (default 256)", int),
     Option(
         "--max-waiters",
         "max_waiters",
