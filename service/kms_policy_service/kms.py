@@ -188,6 +188,36 @@ def _lighten(client: Any) -> Any:
     return client
 
 
+SERVICES = ("kms", "sts")  # every client the service makes
+
+
+def _slim_models(session: AioSession) -> None:
+    """Keep of botocore's data only what KMS and STS clients use (a sidecar pays it per pod).
+
+    Its endpoint data (endpoints.json, ~7 MB once parsed) lists every AWS service; the
+    service models carry their API documentation. Both are cached by the session's
+    loader, so pruning them in place before the first client leaves ~2 MB instead of ~9.
+    """
+    loader = session.get_component("data_loader")
+    data = loader.load_data("endpoints")
+    for partition in data.get("partitions", []):
+        services = partition.get("services", {})
+        partition["services"] = {name: services[name] for name in SERVICES if name in services}
+    for name in SERVICES:
+        _drop_docs(loader.load_service_model(name, "service-2"))
+
+
+def _drop_docs(node: Any) -> None:
+    if isinstance(node, dict):
+        node.pop("documentation", None)
+        node.pop("documentationUrl", None)
+        for value in node.values():
+            _drop_docs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_docs(value)
+
+
 class _Given(CredentialProvider):  # type: ignore[misc]
     """A session's credential chain of one: the member account's refreshable credentials."""
 
@@ -272,6 +302,7 @@ class AioKmsBackend:
         IRSA web identity, EKS Pod Identity, instance role); they are never logged.
         """
         session = get_session()
+        _slim_models(session)
         config = client_config(settings)
         extra: dict[str, Any] = {}
         if credentials is not None:

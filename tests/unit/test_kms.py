@@ -111,3 +111,28 @@ async def test_a_lightened_client_sends_the_same_user_agent_built_once() -> None
         await runner.cleanup()
     assert len(set(seen)) == 1 and "app/kms-policy-service" in seen[0]
     assert builds == 1  # botocore alone builds it twice per request
+
+
+async def test_slimmed_models_keep_kms_and_sts_endpoints_and_operations() -> None:
+    from aiobotocore.session import AioSession
+
+    from kms_policy_service.kms import _slim_models
+
+    session = AioSession()
+    _slim_models(session)
+    endpoints = session.get_component("data_loader").load_data("endpoints")
+    assert all(set(p["services"]) <= {"kms", "sts"} for p in endpoints["partitions"])
+    model = session.get_component("data_loader").load_service_model("kms", "service-2")
+    assert "documentation" not in model["operations"]["PutKeyPolicy"]
+    urls = {}
+    for service, region in (("kms", "us-east-1"), ("kms", "cn-north-1"), ("sts", "eu-west-1")):
+        async with session.create_client(
+            service, region_name=region, aws_access_key_id="a", aws_secret_access_key="b"
+        ) as client:
+            urls[(service, region)] = client.meta.endpoint_url
+            assert hasattr(client, "put_key_policy" if service == "kms" else "assume_role")
+    assert urls == {
+        ("kms", "us-east-1"): "https://kms.us-east-1.amazonaws.com",
+        ("kms", "cn-north-1"): "https://kms.cn-north-1.amazonaws.com.cn",
+        ("sts", "eu-west-1"): "https://sts.eu-west-1.amazonaws.com",
+    }
