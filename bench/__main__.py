@@ -89,7 +89,14 @@ def repeated(args: argparse.Namespace, fn: Any) -> dict[str, Any]:
             return None
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
-    keys = ("rps", "p50_ms", "p99_ms", "client_cpu_ms_per_req", "server_cpu_ms_per_req")
+    keys = (
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "client_cpu_ms_per_req",
+        "server_cpu_ms_per_req",
+        "kms_cpu_ms_per_req",
+    )
     return {
         "concurrency": runs[0]["concurrency"],
         "errors": sum(r["errors"] for r in runs),
@@ -116,53 +123,61 @@ def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scenario_full_path(args: argparse.Namespace) -> dict[str, Any]:
-    """2. Service -> aiobotocore -> fast fake KMS, vs an aiobotocore client calling it directly."""
+    """2. Service -> aiobotocore -> fast fake KMS, vs an aiobotocore client calling it directly.
+
+    Every row counts the CPU of every process: the load generator, the service and the
+    fake KMS. Many keys: striped, no two calls in flight read the same key. Hot key:
+    every call reads one key, the service at its default flags (single-flight), then
+    with the optional read cache.
+    """
     results: dict[str, Any] = {}
     with process("bench.fake_kms") as (kms_proc, kms):
         url = f"http://127.0.0.1:{kms['port']}"
+        kms_pid = ("--kms-pid", str(kms_proc.pid))
         results["direct"] = [
-            repeated(
-                args,
-                lambda c=c: load(
-                    "", c, args, "--direct-kms", url, "--server-pid", str(kms_proc.pid)
-                ),
-            )
+            repeated(args, lambda c=c: load("", c, args, "--direct-kms", url, *kms_pid))
             for c in args.concurrency
         ]
         with process("bench.policy_server", "--kms", url) as (proc, ready):
             target = f"127.0.0.1:{ready['port']}"
             results["service"] = [
                 repeated(
-                    args, lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid))
+                    args,
+                    lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid), *kms_pid),
                 )
                 for c in args.concurrency
             ]
+            results["service_hot"] = repeated(
+                args,
+                lambda t=target: load(
+                    t, 64, args, "--hot", "--server-pid", str(proc.pid), *kms_pid
+                ),
+            )
         results["direct_hot"] = repeated(
-            args, lambda: load("", 64, args, "--direct-kms", url, "--hot")
+            args, lambda: load("", 64, args, "--direct-kms", url, "--hot", *kms_pid)
         )
         with process("bench.policy_server", "--kms", url, "--read-cache-ttl", "1") as (proc, ready):
             target = f"127.0.0.1:{ready['port']}"
             results["service_hot_cached"] = repeated(
-                args, lambda: load(target, 64, args, "--hot", "--server-pid", str(proc.pid))
+                args,
+                lambda: load(target, 64, args, "--hot", "--server-pid", str(proc.pid), *kms_pid),
             )
     return results
 
 
 def scenario_concurrency(args: argparse.Namespace) -> dict[str, Any]:
-    """3. 256 callers in flight against a fake KMS with 50 ms latency vs 64 against 0 ms."""
+    """3. Many keys, default flags: 256 callers in flight against a fake KMS with 50 ms
+    latency vs 64 against 0 ms."""
     results: dict[str, Any] = {}
     for name, latency, concurrency in (("kms_0ms_64", "0", 64), ("kms_50ms_256", "0.05", 256)):
-        with process("bench.fake_kms", "--latency", latency) as (_, kms):
+        with process("bench.fake_kms", "--latency", latency) as (kms_proc, kms):
             url = f"http://127.0.0.1:{kms['port']}"
-            with process("bench.policy_server", "--kms", url, "--max-concurrency", "256") as (
-                proc,
-                ready,
-            ):
+            with process("bench.policy_server", "--kms", url) as (proc, ready):
                 target = f"127.0.0.1:{ready['port']}"
                 results[name] = repeated(
                     args,
-                    lambda t=target, c=concurrency, p=proc: load(
-                        t, c, args, "--server-pid", str(p.pid)
+                    lambda t=target, c=concurrency, p=proc, k=kms_proc: load(
+                        t, c, args, "--server-pid", str(p.pid), "--kms-pid", str(k.pid)
                     ),
                 )
     return results
@@ -210,7 +225,8 @@ async def _wait_serving(
 
 
 def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
-    """5. Start-up to SERVING, RSS idle and at 256 in flight, for the sidecar configuration."""
+    """5. Start-up to SERVING, RSS idle and at 256 in flight, for the sidecar configuration
+    (default flags, access records off)."""
     from tests.support.redis_server import free_port  # a loopback port below 32768
 
     results: dict[str, Any] = {"startup_s": [], "rss_idle_mb": [], "rss_256_mb": []}
@@ -230,10 +246,6 @@ def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
                     url,
                     "--log-level",
                     "WARNING",
-                    "--max-concurrency",
-                    "256",
-                    "--kms-max-pool-connections",
-                    "256",
                 ],
                 env=ENV,
                 cwd=ROOT,

@@ -4,8 +4,9 @@
 
 `--direct-kms URL` calls KMS GetKeyPolicy through one reused aiobotocore client
 instead (what a caller with IAM access would do). Prints one JSON object:
-requests, errors, req/s, p50/p99 latency (ms), and CPU seconds of this process and,
-with --server-pid, of the server over the measurement window.
+requests, errors, req/s, p50/p99 latency (ms), and CPU per request of this
+process, of the server (--server-pid) and of the fake KMS behind it (--kms-pid)
+over the measurement window.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def key_ids(args: argparse.Namespace) -> list[str]:
+    """Hot: one key. Else striped: worker i reads keys i, i+N, i+2N... of a multiple of N
+    keys (N in flight), so no two calls in flight ever read the same key."""
     if args.hot:
         return ["alias/bench-0"]
-    return [f"alias/bench-{i}" for i in range(args.keys)]
+    count = -(-max(args.keys, args.concurrency) // args.concurrency) * args.concurrency
+    return [f"alias/bench-{i}" for i in range(count)]
 
 
 async def run(args: argparse.Namespace, call: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
@@ -64,12 +68,14 @@ async def run(args: argparse.Namespace, call: Callable[[str], Awaitable[Any]]) -
 
     tasks = [asyncio.ensure_future(worker(i)) for i in range(args.concurrency)]
     await asyncio.sleep(args.warmup)
-    own0, srv0 = cpu_seconds(os.getpid()), cpu_seconds(args.server_pid) if args.server_pid else 0.0
+    pids = {"client": os.getpid(), "server": args.server_pid, "kms": args.kms_pid}
+    pids = {name: pid for name, pid in pids.items() if pid}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     measuring, start = True, time.perf_counter()
     await asyncio.sleep(args.duration)
     measuring = False
     elapsed = time.perf_counter() - start
-    own1, srv1 = cpu_seconds(os.getpid()), cpu_seconds(args.server_pid) if args.server_pid else 0.0
+    cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
     count = len(latencies)
@@ -81,19 +87,33 @@ async def run(args: argparse.Namespace, call: Callable[[str], Awaitable[Any]]) -
         "rps": count / elapsed,
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
-        "client_cpu_ms_per_req": (own1 - own0) * 1000 / max(count, 1),
-        "server_cpu_ms_per_req": (srv1 - srv0) * 1000 / max(count, 1) if args.server_pid else None,
+        **{
+            f"{name}_cpu_ms_per_req": (cpu1[name] - cpu0[name]) * 1000 / max(count, 1)
+            if name in pids
+            else None
+            for name in ("client", "server", "kms")
+        },
     }
 
 
 async def grpc_load(args: argparse.Namespace) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.PolicyServiceStub(channel)  # type: ignore[no-untyped-call]
+    # At most 64 calls in flight per channel: the service allows 100 HTTP/2 streams per
+    # connection (--max-streams-per-connection), and gRPC refuses more (REFUSED_STREAM).
+    channels = [grpc.aio.insecure_channel(args.target) for _ in range(-(-args.concurrency // 64))]
+    stubs = [pb_grpc.PolicyServiceStub(ch) for ch in channels]  # type: ignore[no-untyped-call]
+    turn = 0
 
-        async def call(key: str) -> Any:
-            return await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key), timeout=30)
+    async def call(key: str) -> Any:
+        nonlocal turn
+        turn += 1
+        stub = stubs[turn % len(stubs)]
+        return await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key), timeout=30)
 
+    try:
         return await run(args, call)
+    finally:
+        for ch in channels:
+            await ch.close()
 
 
 async def direct_load(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,6 +153,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=256)
     parser.add_argument("--hot", action="store_true", help="every call reads the same key")
     parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument("--kms-pid", type=int, default=0, help="the fake KMS, behind the server")
     args = parser.parse_args()
     import uvloop
 
