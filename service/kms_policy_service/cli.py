@@ -198,7 +198,7 @@ OPTIONS: tuple[Option, ...] = (
         "--max-rpcs-per-caller",
         "max_rpcs_per_caller",
         "RPCs one caller (identity, else address) may have in progress at once; beyond, "
-        "RESOURCE_EXHAUSTED (default 128)",
+        "RESOURCE_EXHAUSTED (default 512)",
         int,
     ),
     Option(
@@ -251,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--max-streams-per-connection",
         "max_streams_per_connection",
-        "concurrent HTTP/2 streams per client connection (default 100)",
+        "concurrent HTTP/2 streams per client connection (default 512)",
         int,
     ),
     Option(

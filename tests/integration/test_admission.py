@@ -17,6 +17,7 @@ import pytest
 
 from kms_policy_service import Server
 from kms_policy_service.ratelimit import Rate
+from kms_policy_service.settings import DEFAULT_MAX_RPCS_PER_CALLER
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import RunningService, policy_for, service_settings
@@ -117,8 +118,9 @@ async def test_the_key_admin_gets_through_while_another_peer_holds_1100_stalled_
     try:
         calls = [stalled_call(ch) for ch in attackers for _ in range(100)]
         # The attacker holds its share, and every stream beyond it is refused at once.
-        await wait_for(lambda: sum(c.done() for c in calls) >= 1100 - 128, timeout=30)
-        assert tls_server.admission.held(ATTACKER) == 128
+        share = DEFAULT_MAX_RPCS_PER_CALLER
+        await wait_for(lambda: sum(c.done() for c in calls) >= 1100 - share, timeout=30)
+        assert tls_server.admission.held(ATTACKER) == share
         reply = await pb_grpc.PolicyServiceStub(admin).GetKeyPolicy(
             pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10
         )
