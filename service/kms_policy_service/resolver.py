@@ -71,6 +71,10 @@ class KeyResolver:
         self._describe: SingleFlight[KeyMetadata] = SingleFlight()
         self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
 
+    def names_of(self, ref: KeyRef) -> tuple[str, ...]:
+        """The names authorization rules may match for `ref` (see KeyRef.names_at_home)."""
+        return ref.names_at_home(self._account, self._home_region)
+
     def region_of(self, ref: KeyRef) -> str:
         """The Region serving `ref`; refuses other accounts and Regions not allowed."""
         return check_key_scope(

@@ -310,7 +310,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         rule has no scope, or there is no authorization file)."""
         if not ctx.caller:
             return None
-        names = (*ref.names, key.arn)
+        names = (*self._resolver.names_of(ref), key.arn)
         rules = self._authz.policy.rules_for(ctx.caller, "PutKeyPolicy", names)
         scopes = [r.scope for r in rules if r.scope is not None]
         if not rules or len(scopes) < len(rules):
@@ -351,7 +351,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         policy = self._authz.policy
         if not policy.may_act(ctx.caller, action):
             raise _denied(ctx.caller, action, ref)
-        if ref is None or policy.allows(ctx.caller, action, ref.names):
+        if ref is None or policy.allows(ctx.caller, action, self._resolver.names_of(ref)):
             return None
         try:
             key = await self._resolver.resolve(ref, ctx)

@@ -157,6 +157,9 @@ rules:
   - callers: ["{TEAM}"]
     actions: ["*"]
     keys: ["arn:aws:kms:*:{MEMBER}:key/*"]
+  - callers: ["{STRANGER}"]
+    actions: ["*"]
+    keys: ["alias/payments-home"]
 """
     )
     return path
@@ -215,6 +218,32 @@ async def test_a_rule_naming_an_accounts_key_arns_scopes_a_caller_to_that_accoun
     assert (await get(service, meta["Arn"], caller=TEAM)).key_arn == meta["Arn"]
     denied = await failure(get(service, home["Arn"], caller=TEAM))
     assert denied.reason == "CALLER_NOT_AUTHORIZED"
+
+
+@pytest.mark.parametrize("settings_overrides", ["authz"], indirect=True)
+async def test_a_rule_on_an_alias_name_never_reaches_a_member_accounts_alias_of_that_name(
+    service: RunningService, moto_url: str, kms: Any, faults: KmsFaultInjector
+) -> None:
+    home = kms.create_key(Policy=policy_for())["KeyMetadata"]
+    kms.create_alias(AliasName="alias/payments-home", TargetKeyId=home["KeyId"])
+    member_key(moto_url, alias="alias/payments-home")  # someone in the member account
+    home_arn = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments-home"
+    assert (await get(service, home_arn, caller=STRANGER)).key_arn == home["Arn"]
+    faults.clear()
+    member_alias = f"arn:aws:kms:us-east-1:{MEMBER}:alias/payments-home"
+    for call in (
+        get(service, member_alias, caller=STRANGER),
+        service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=member_alias, policy=policy_for(MEMBER)),
+            metadata=as_caller(STRANGER),
+        ),
+    ):
+        denied = await failure(call)
+        assert (denied.code, denied.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_AUTHORIZED",
+        )
+    assert "PutKeyPolicy" not in faults.kms_operations()
 
 
 # -- the lockout check -----------------------------------------------------------

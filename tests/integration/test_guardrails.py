@@ -86,6 +86,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, str] | None]] = [
     ),
     ("public without condition", allow("*"), ("public", "Statement[1].Principal")),
     ("public AWS star", allow({"AWS": "*"}), ("public", "Statement[1].Principal")),
+    ("public Service star", allow({"Service": "*"}), ("public", "Statement[1].Principal")),
     (
         "public with account condition",
         allow("*", Condition={"StringEquals": {"kms:CallerAccount": ACCOUNT}}),

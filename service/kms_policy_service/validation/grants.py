@@ -98,20 +98,13 @@ def grants(document: dict[str, Any]) -> list[Grant]:
         key = "NotPrincipal" if not_principal else "Principal"
         raw = s.get(key)
         principals = tuple(_principals(raw, f"{path}.{key}"))
-        everyone = (
-            not_principal
-            or raw == "*"
-            or any(p.kind == "AWS" and p.value == "*" for p in principals)
-        )
+        # "*" as any principal type (AWS or Service) names everyone.
+        everyone = not_principal or raw == "*" or any(p.value == "*" for p in principals)
         not_action = "NotAction" in s
-        patterns = [
-            a
-            for a in as_list(s.get("NotAction" if not_action else "Action", []))
-            if isinstance(a, str)
-        ]
-        named = (
-            frozenset().union(*(actions_matched(a) for a in patterns)) if patterns else frozenset()
-        )
+        listed = as_list(s.get("NotAction" if not_action else "Action", []))
+        named: frozenset[str] = frozenset()
+        for pattern in {a for a in listed if isinstance(a, str)}:  # repeats judged once
+            named |= actions_matched(pattern)
         sid = s.get("Sid")
         out.append(
             Grant(

@@ -53,6 +53,14 @@ class KeyRef:
             return (self.raw, self.raw.split(":", 5)[5])
         return (self.raw,)
 
+    def names_at_home(self, account: str, region: str) -> tuple[str, ...]:
+        """`names`, but an alias ARN answers to its bare alias name only in the home account
+        and Region: a rule on `alias/x` means the home account's alias, never a member
+        account's (or another Region's) alias of the same name."""
+        if self.kind is KeyKind.ALIAS_ARN and (self.account != account or self.region != region):
+            return (self.raw,)
+        return self.names
+
 
 def _invalid(
     message: str, reason: str = "INVALID_KEY_ID", field: str = "key_id"

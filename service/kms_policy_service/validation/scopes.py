@@ -11,7 +11,7 @@ scope. Pure: documents in, findings (code OUT_OF_SCOPE) out.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kms_policy_service.validation.findings import Finding
@@ -26,6 +26,14 @@ class Scope:
     sids: tuple[str, ...]  # globs (* and ?), case-sensitive as Sids are
     principals: tuple[str, ...] | None = None  # globs over principal values; None: any
     actions: tuple[str, ...] | None = None  # KMS action patterns; None: any
+    # The KMS actions `actions` covers, expanded once: a statement's action is then
+    # judged by set operations, whatever it holds (no per-pattern matching loops).
+    allowed_actions: frozenset[str] | None = field(init=False, default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.actions is not None:
+            allowed = frozenset(a for p in self.actions for a in actions_matched(p))
+            object.__setattr__(self, "allowed_actions", allowed)
 
     def findings(self, document: dict[str, Any], current: dict[str, Any]) -> list[Finding]:
         new, old = grants(document), grants(current)
@@ -87,8 +95,13 @@ class Scope:
                     )
                 )
             else:
+                assert self.allowed_actions is not None
+                seen: set[str] = set()
                 for path, pattern in action_items(g.statement, g.path):
-                    outside = sorted(a for a in actions_matched(pattern) if not self._action_ok(a))
+                    if pattern in seen:  # a pattern repeated is judged once
+                        continue
+                    seen.add(pattern)
+                    outside = sorted(actions_matched(pattern) - self.allowed_actions)
                     if outside:
                         out.append(
                             _finding(
@@ -102,13 +115,6 @@ class Scope:
     def _principal_ok(self, value: str) -> bool:
         assert self.principals is not None
         return any(wildcard_match(pattern, value) for pattern in self.principals)
-
-    def _action_ok(self, action: str) -> bool:
-        assert self.actions is not None
-        return any(
-            pattern == "*" or wildcard_match(pattern, action, ignore_case=True)
-            for pattern in self.actions
-        )
 
 
 def _sidless_changes(new: list[Grant], old: list[Grant]) -> list[Finding]:
