@@ -255,6 +255,18 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "--max-connections",
+        "max_connections",
+        "client connections open at once; beyond, new ones are closed (default 1024)",
+        int,
+    ),
+    Option(
+        "--handshake-timeout",
+        "handshake_timeout",
+        "seconds a new connection has for its TLS and HTTP/2 handshake (default 5)",
+        float,
+    ),
+    Option(
         "--max-connection-idle",
         "max_connection_idle",
         "seconds a connection without calls stays open (default 300)",

@@ -80,6 +80,10 @@ def create_server(
             ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
             # What one connection may hold, and for how long (Go net/http's levers).
             ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+            # Each open connection costs memory before any call: bound how many, and how
+            # long one may take to say who it is (a silent TLS peer holds a slot).
+            ("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout)),
             ("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle)),
             ("grpc.max_connection_age_ms", _ms(settings.max_connection_age)),
             ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace)),

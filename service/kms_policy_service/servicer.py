@@ -58,7 +58,7 @@ from kms_policy_service.validation.policy_checks import (
     scope_findings,
 )
 from kms_policy_service.validation.scopes import Scope
-from kms_policy_service.writes import SETTLE_SECONDS, PolicyWriter
+from kms_policy_service.writes import SETTLE_SECONDS, PolicyWriter, etag_mismatch
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
@@ -207,7 +207,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     else None
                 )
                 current = None
-                if key is not None and (scopes is not None or guardrails.needs_current_policy):
+                # Judging against the current policy shows what it holds: only to a caller
+                # who may read or write this key (not to one that may only validate).
+                if (
+                    key is not None
+                    and command.key is not None
+                    and (scopes is not None or guardrails.needs_current_policy)
+                    and self._may_see_policy(ctx, command.key, key)
+                ):
                     current = current_document(
                         await self._gateway.get_key_policy(
                             key.arn, command.policy_name, region=key.region, ctx=ctx
@@ -247,13 +254,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         assert command.policy.document is not None  # no errors: it parsed
         new_etag = etag_of_document(command.policy.document)
         audit.note(new_etag=new_etag)
-        if command.validate_only:
-            if check is not None:
-                check(
-                    await self._gateway.get_key_policy(
-                        key.arn, command.policy_name, region=key.region, ctx=ctx
-                    )
+        if command.validate_only:  # every check a write would make, the etag's too
+            if check is not None or command.expected_etag:
+                current = await self._gateway.get_key_policy(
+                    key.arn, command.policy_name, region=key.region, ctx=ctx
                 )
+                if command.expected_etag and policy_etag(current) != command.expected_etag:
+                    raise etag_mismatch(key.arn, policy_etag(current), command.expected_etag)
+                if check is not None:
+                    check(current)
         else:  # the check, if any, runs on the policy read under the key's lock
             await self._writer.write(command, key, ctx, audit, check=check)
         return pb.PutKeyPolicyResponse(
@@ -289,12 +298,21 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if out_of_scope:
                 metrics.child(metrics.policy_refusals_total, "scope").inc()
                 raise _out_of_scope(caller, out_of_scope)
-        violations = self._guardrails.current.violations(document, current)
+        violations = self._guardrails.current.violations(
+            document, current, bypass_lockout_check=command.bypass_lockout_check
+        )
         if violations:
             for name in sorted({v.guardrail for v in violations}):
                 metrics.child(metrics.policy_refusals_total, f"guardrail/{name}").inc()
             raise _guardrail_violation(violations)
         self._refuse_policy_errors(command, key_arn=key_arn, document_findings=False)
+
+    def _may_see_policy(self, ctx: RequestContext, ref: KeyRef, key: ResolvedKey) -> bool:
+        if not ctx.caller:
+            return not self._authz.required
+        names = (*self._resolver.names_of(ref), key.arn)
+        policy = self._authz.policy
+        return any(policy.allows(ctx.caller, a, names) for a in ("GetKeyPolicy", "PutKeyPolicy"))
 
     def _may_be_scoped(self, ctx: RequestContext) -> bool:
         """Some rule that could authorize this caller's Put has a scope."""

@@ -80,6 +80,8 @@ DEFAULT_REQUEST_RECEIVE_TIMEOUT_SECONDS = 5.0  # for a request message to arrive
 DEFAULT_CALLER_REFUSAL_RATE = Rate(10, 50)  # refused RPCs per caller before it is refused outright
 DEFAULT_MAX_DEADLINE_SECONDS = 30.0  # longer caller deadlines are cut to this
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 512  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+DEFAULT_MAX_CONNECTIONS = 1024  # open client connections (~20 KB each before any call)
+DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 5.0  # for a new connection's TLS and HTTP/2 handshake
 DEFAULT_MAX_CONNECTION_IDLE_SECONDS = 300.0
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1800.0  # then GOAWAY; clients reconnect transparently
 DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 35.0  # > --max-deadline: calls in progress finish
@@ -142,6 +144,8 @@ class Settings:
     caller_refusal_rate_limit: Rate | None = DEFAULT_CALLER_REFUSAL_RATE
     max_deadline: float = DEFAULT_MAX_DEADLINE_SECONDS
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS
     max_connection_idle: float = DEFAULT_MAX_CONNECTION_IDLE_SECONDS
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     max_connection_age_grace: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
@@ -194,6 +198,7 @@ class Settings:
             "max_lock_wait",
             "max_connection_idle",
             "max_connection_age",
+            "handshake_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
@@ -217,6 +222,8 @@ class Settings:
             raise SettingsError("max_findings must be >= 1")
         if self.max_rpcs_per_caller < 1:
             raise SettingsError("max_rpcs_per_caller must be >= 1")
+        if self.max_connections < 1:
+            raise SettingsError("max_connections must be >= 1")
         if self.max_streams_per_connection < 1 or self.max_connection_age_grace < 0:
             raise SettingsError(
                 "max_streams_per_connection must be >= 1, max_connection_age_grace >= 0"

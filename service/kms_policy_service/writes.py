@@ -65,7 +65,7 @@ class PolicyWriter:
                 previous_etag = policy_etag(previous)
                 audit.note(previous_etag=previous_etag)
                 if command.expected_etag and previous_etag != command.expected_etag:
-                    raise _etag_mismatch(key.arn, previous_etag, command.expected_etag)
+                    raise etag_mismatch(key.arn, previous_etag, command.expected_etag)
                 if check is not None:
                     check(previous)
                 if audit.enabled:
@@ -181,7 +181,7 @@ class PolicyWriter:
         return await self._gateway.get_key_policy(key.arn, name, region=key.region, ctx=ctx)
 
 
-def _etag_mismatch(key_arn: str, current: str, expected: str) -> Aborted:
+def etag_mismatch(key_arn: str, current: str, expected: str) -> Aborted:
     return Aborted(
         "the key policy changed since it was read (etag mismatch); "
         "read it again and reapply your change",

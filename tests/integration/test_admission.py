@@ -289,3 +289,58 @@ async def test_a_caller_deadline_longer_than_max_deadline_is_cut_to_it(
             pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=365 * 24 * 3600
         )
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# -- connections -------------------------------------------------------------------------
+
+
+def _silent_connections(port: int, n: int) -> list[Any]:
+    import socket
+
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        socks.append(s)
+    return socks
+
+
+def _closed_by_server(sock: Any) -> bool:
+
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("tls_server", [{"handshake_timeout": 0.5}], indirect=True)
+async def test_a_connection_that_never_completes_its_tls_handshake_is_closed(
+    tls_server: Server,
+) -> None:
+    (sock,) = _silent_connections(tls_server.port, 1)
+    try:
+        await wait_for(lambda: _closed_by_server(sock), timeout=10)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("tls_server", [{"max_connections": 4}], indirect=True)
+async def test_past_max_connections_new_connections_are_closed_and_old_ones_serve(
+    tls_server: Server, pki: dict[str, Any], key: dict[str, Any]
+) -> None:
+    admin = tls_channel(tls_server, pki["ca"], pki["admin"])
+    try:
+        stub = pb_grpc.PolicyServiceStub(admin)
+        await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
+        socks = _silent_connections(tls_server.port, 10)
+        try:
+            await wait_for(lambda: sum(_closed_by_server(s) for s in socks) >= 7, timeout=10)
+            # The connection that was there first still serves.
+            await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
+        finally:
+            for s in socks:
+                s.close()
+    finally:
+        await admin.close()

@@ -78,8 +78,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, str] | None]] = [
         {
             "Sid": "D",
             "Effect": "Deny",
-            "Principal": {"AWS": ["*", STRANGER]},
-            "Action": "kms:ScheduleKeyDeletion",
+            "Principal": {"AWS": [STRANGER, f"arn:aws:sts::{STRANGER}:assumed-role/r/s"]},
+            "Action": "kms:*",
             "Resource": "*",
         },
         None,
@@ -313,7 +313,11 @@ def test_a_bad_guardrails_file_at_start_exits_2_saying_why(
     assert any(says in str(r.get("message", "")) for r in proc.drain_logs())
 
 
-async def test_refusals_are_counted_by_check(service: RunningService, key: dict[str, Any]) -> None:
+async def test_refusals_are_counted_by_check(service: RunningService, kms: Any) -> None:
+    # A key whose policy holds no protected statement, so a lockout is the last check.
+    unprotected = json.loads(policy_for())
+    unprotected["Statement"][0]["Sid"] = "Root"
+    key = kms.create_key(Policy=json.dumps(unprotected))["KeyMetadata"]
     from kms_policy_service import metrics
 
     def count(check: str) -> float:
@@ -321,13 +325,10 @@ async def test_refusals_are_counted_by_check(service: RunningService, key: dict[
         return value
 
     before = {c: count(c) for c in ("guardrail/public", "lockout", "document")}
-    lockout = with_statement(
+    lockout = json.dumps(
         {
-            "Sid": "NoMoreChanges",
-            "Effect": "Deny",
-            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-            "Action": "kms:PutKeyPolicy",
-            "Resource": "*",
+            "Version": "2012-10-17",
+            "Statement": [allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"})],
         }
     )
     for policy in (with_statement(allow("*")), lockout, "{not json"):

@@ -271,3 +271,47 @@ async def test_property_a_scoped_put_never_touches_statements_it_does_not_own(
         assert outside_scope(after) == outside_scope(before)
     else:
         assert canonical_json(after) == canonical_json(before)
+
+
+async def test_a_scoped_caller_cannot_change_version_or_id(
+    service: RunningService, key: dict[str, Any]
+) -> None:
+    doc = json.loads(policy_for(extra=[statement("payments-app")]))
+    doc["Version"] = "2008-10-17"  # would change what every statement's variables mean
+    assert ("OUT_OF_SCOPE", "Version") in await refused(service, PAYMENTS, key, json.dumps(doc))
+
+
+async def test_validate_alone_never_shows_what_the_current_policy_holds(
+    service: RunningService, key: dict[str, Any], tmp_path: Path
+) -> None:
+    from kms_policy_service import Server
+    from tests.conftest import service_settings
+
+    authz = tmp_path / "validate-only.yaml"
+    authz.write_text(
+        f"rules:\n  - callers: ['{PAYMENTS}']\n    actions: ['ValidateKeyPolicy']\n    keys: ['*']\n"
+    )
+    guardrails = tmp_path / "guardrails.yaml"
+    guardrails.write_text("protected_sids: ['Enable IAM User Permissions']\n")
+    server = Server(
+        service_settings(
+            service.server.settings.kms_endpoint_url or "",
+            authz_policy=str(authz),
+            guardrails=str(guardrails),
+            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+        )
+    )
+    await server.startup()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
+
+            guess = json.loads(policy_for())
+            guess["Statement"][0]["Action"] = "kms:Decrypt"  # a wrong guess of its content
+            reply = await pb_grpc.PolicyServiceStub(channel).ValidateKeyPolicy(
+                pb.ValidateKeyPolicyRequest(key_id=key["Arn"], policy=json.dumps(guess)),
+                metadata=as_caller(PAYMENTS),
+            )
+        assert not [f for f in reply.findings if f.code == "GUARDRAIL_PROTECTED_SIDS"]
+    finally:
+        await server.shutdown()

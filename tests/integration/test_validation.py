@@ -351,3 +351,22 @@ async def test_hostile_nesting_is_refused_not_a_crash(
         )
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
     assert faults.kms_operations() in ([], ["DescribeKey"])
+
+
+async def test_validate_only_compares_the_etag_as_a_write_would(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(
+                key_id=key["Arn"], policy=policy_for(), etag="0" * 64, validate_only=True
+            )
+        )
+    assert details_of(caught.value).reason == "ETAG_MISMATCH"
+    current = await service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]))
+    await service.stub.PutKeyPolicy(
+        pb.PutKeyPolicyRequest(
+            key_id=key["Arn"], policy=policy_for(), etag=current.etag, validate_only=True
+        )
+    )
+    assert "PutKeyPolicy" not in faults.kms_operations()

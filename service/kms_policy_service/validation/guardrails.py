@@ -26,7 +26,15 @@ import yaml
 from kms_policy_service.validation.findings import Finding
 from kms_policy_service.validation.grants import Grant, Principal, actions_matched, grants
 
-NAMES = ("principal_accounts", "org_ids", "public", "protected_sids", "restricted_actions")
+NAMES = (
+    "principal_accounts",
+    "org_ids",
+    "public",
+    "protected_sids",
+    "restricted_actions",
+    "lockout_bypass",
+)
+BYPASS_MODES = ("allow", "deny")
 PUBLIC_MODES = ("conditional", "deny")
 # A public statement is acceptable (public: conditional) only with one of these,
 # under plain StringEquals (IfExists and ForAllValues pass when the key is absent).
@@ -59,6 +67,7 @@ class Guardrails:
     restricted_actions: frozenset[str] = frozenset()  # lower-case KMS actions
     restricted_action_patterns: tuple[str, ...] = ()
     restricted_principals: frozenset[str] = frozenset()  # canonical principals
+    lockout_bypass: str = "allow"  # deny: no Put may set bypass_policy_lockout_safety_check
 
     @property
     def needs_current_policy(self) -> bool:
@@ -84,6 +93,11 @@ class Guardrails:
         public = data.get("public", "conditional")
         if public not in PUBLIC_MODES:
             raise GuardrailsError(f"{source}: public must be one of {', '.join(PUBLIC_MODES)}")
+        bypass = data.get("lockout_bypass", "allow")
+        if bypass not in BYPASS_MODES:
+            raise GuardrailsError(
+                f"{source}: lockout_bypass must be one of {', '.join(BYPASS_MODES)}"
+            )
         restricted = data.get("restricted_actions")
         patterns: tuple[str, ...] = ()
         principals: tuple[str, ...] = ()
@@ -115,14 +129,27 @@ class Guardrails:
             else frozenset(),
             restricted_action_patterns=patterns,
             restricted_principals=frozenset(Principal("", "AWS", p).canonical for p in principals),
+            lockout_bypass=bypass,
         )
 
     def violations(
-        self, document: dict[str, Any], current: dict[str, Any] | None
+        self,
+        document: dict[str, Any],
+        current: dict[str, Any] | None,
+        *,
+        bypass_lockout_check: bool = False,
     ) -> list[Violation]:
         """Everything in `document` these guardrails refuse. `current`: the key's policy
         now (None when unknown: protected_sids is then not judged)."""
         out: list[Violation] = []
+        if bypass_lockout_check and self.lockout_bypass == "deny":
+            out.append(
+                Violation(
+                    "lockout_bypass",
+                    "",
+                    "bypass_policy_lockout_safety_check is not allowed through this service",
+                )
+            )
         new = grants(document)
         for g in new:
             if not g.allow:
@@ -131,7 +158,7 @@ class Guardrails:
             out.extend(self._public(g))
             out.extend(self._restricted(g))
         if current is not None:
-            out.extend(self._protected(new, grants(current)))
+            out.extend(self._protected(new, grants(current), document, current))
         return out
 
     # -- one method per guardrail --------------------------------------------
@@ -174,10 +201,12 @@ class Guardrails:
         block = condition.get("StringEquals")  # operator names are case-sensitive
         if not isinstance(block, dict):
             return False
+        if len({k.lower() for k in block}) != len(block):
+            return False  # one key twice in two spellings: which one IAM reads is unclear
         for key, value in block.items():
             values = value if isinstance(value, list) else [value]
-            if not values or not all(isinstance(v, str) for v in values):
-                continue
+            if not values or not all(isinstance(v, str) and "${" not in v for v in values):
+                continue  # a policy variable (`${aws:PrincipalAccount}`) restricts nothing
             name = key.lower()  # condition key names are not case-sensitive
             if name in ACCOUNT_CONDITION_KEYS:
                 allowed = self.principal_accounts
@@ -214,9 +243,16 @@ class Guardrails:
             if p.canonical not in self.restricted_principals
         ]
 
-    def _protected(self, new: list[Grant], current: list[Grant]) -> list[Violation]:
+    def _protected(
+        self,
+        new: list[Grant],
+        current: list[Grant],
+        document: dict[str, Any],
+        before: dict[str, Any],
+    ) -> list[Violation]:
         out = []
         by_sid = {g.sid: g for g in new if g.sid is not None}
+        kept: list[Grant] = []
         for old in current:
             if old.sid is None or old.sid not in self.protected_sids:
                 continue
@@ -235,7 +271,49 @@ class Guardrails:
                         "protected_sids", now.path, f"the protected statement {old.sid!r} changes"
                     )
                 )
+            else:
+                kept.append(now)
+        if kept and document.get("Version") != before.get("Version"):
+            # The Version decides what policy variables in the kept statements mean.
+            out.append(
+                Violation(
+                    "protected_sids",
+                    "Version",
+                    "changing Version changes what the protected statements mean",
+                )
+            )
+        for deny in (g for g in new if not g.allow):
+            for protected in kept:
+                if deny.actions & protected.actions and _covers(deny, protected):
+                    out.append(
+                        Violation(
+                            "protected_sids",
+                            deny.path,
+                            f"this Deny takes away what the protected statement "
+                            f"{protected.sid!r} grants",
+                        )
+                    )
+                    break
         return out
+
+
+def _covers(deny: Grant, allow: Grant) -> bool:
+    """Could `deny` apply to a principal `allow` names? (Conditions are not read: a
+    conditional Deny may still apply.)"""
+    if allow.everyone:
+        return True
+    if deny.not_principal:
+        # An account root in an Allow delegates to the account's IAM principals, which
+        # a NotPrincipal list can never all name.
+        excluded = {p.canonical for p in deny.principals}
+        return any(
+            p.canonical not in excluded or p.canonical.endswith(":root") for p in allow.principals
+        )
+    if deny.everyone:
+        return True
+    named = {p.canonical for p in deny.principals}
+    roots = {p.account for p in deny.principals if p.canonical.endswith(":root")}
+    return any(p.canonical in named or p.account in roots for p in allow.principals)
 
 
 NO_GUARDRAILS = Guardrails()

@@ -60,6 +60,9 @@ class Scope:
                     _finding("Statement", f"removes statement {sid!r}, outside the caller's Sids")
                 )
         out.extend(_sidless_changes(new, old))
+        for element in ("Version", "Id"):  # they belong to every statement, not one caller
+            if current and document.get(element) != current.get(element):
+                out.append(_finding(element, f"changes {element}, which a scoped caller cannot"))
         for g in touched:
             out.extend(self._within(g))
         return out
