@@ -2,15 +2,15 @@
 
 The public names are loaded on first use, so importing one module of the package
 (errors, validation...) does not load the server, gRPC reflection or Prometheus.
+Its modules are the service's own parts, not an API: the package face is `__all__`.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from kms_policy_service._version import __version__
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from kms_policy_service.server import Server, create_server
     from kms_policy_service.settings import Settings
 
@@ -23,12 +23,10 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
