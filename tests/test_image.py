@@ -9,6 +9,7 @@ The figures (size, start to SERVING, idle RSS) are printed and kept in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -187,6 +188,26 @@ def test_the_image_holds_what_the_runtime_needs_and_nothing_of_the_build(
     config = json.loads(podman.podman("image", "inspect", default_image.tag).stdout)[0]["Config"]
     assert config["Entrypoint"] == ["kms-policy-service"]
     assert config["User"] == "10001:10001"
+
+
+@pytest.mark.parametrize("variant", ["default", "local"])
+def test_the_image_runs_the_code_of_this_tree(variant: str, request: pytest.FixtureRequest) -> None:
+    # buildah's layer cache once kept an old install: the sources must be the tree's own.
+    built: podman.Built = request.getfixturevalue(f"{variant}_image")
+    package = podman.ROOT / "service" / "kms_policy_service"
+    here = {
+        str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(package.rglob("*.py"))
+    }
+    script = (
+        "import hashlib, pathlib, kms_policy_service as k; "
+        "root = pathlib.Path(k.__file__).parent; "
+        "print('\\n'.join(f'{p.relative_to(root)} {hashlib.sha256(p.read_bytes()).hexdigest()}' "
+        "for p in sorted(root.rglob('*.py'))))"
+    )
+    out = podman.podman("run", "--rm", "--entrypoint", "python", built.tag, "-c", script).stdout
+    inside = dict(line.split(" ", 1) for line in out.splitlines() if line)
+    assert inside == here
 
 
 @pytest.mark.parametrize("variant", ["default", "local"])

@@ -312,7 +312,8 @@ def build_image(extras: str = "") -> Built:
     """deploy/Dockerfile built on the local base, from a context of what it COPYs."""
     base = base_image()
     variant = extras or "default"
-    tag = f"{IMAGE_REPO}:{variant}-{image_key(base, extras)}"
+    key = image_key(base, extras)
+    tag = f"{IMAGE_REPO}:{variant}-{key}"
     if image_exists(tag):
         return Built(tag, base, 0.0)
     started = time.monotonic()
@@ -331,6 +332,9 @@ def build_image(extras: str = "") -> Built:
             f"PYTHON_IMAGE={base}",
             "--build-arg",
             f"EXTRAS={extras}",
+            # buildah's layer cache does not see the build stage through the bind mount.
+            "--build-arg",
+            f"SOURCE_DIGEST={key}",
             *pip_build_options(host_pip_settings()),
             "--tag",
             tag,
