@@ -18,8 +18,11 @@ from kms_policy_service.request import RequestContext
 
 
 class CountingLimiter:
+    """Counts the tokens taken, and for which operation and key."""
+
     def __init__(self) -> None:
         self.tokens = 0
+        self.taken: list[tuple[str, str | None]] = []
 
     async def acquire(
         self,
@@ -31,6 +34,7 @@ class CountingLimiter:
         account: str | None = None,
     ) -> None:
         self.tokens += 1
+        self.taken.append((operation, key))
 
 
 def ctx(seconds: float = 5.0) -> RequestContext:
@@ -121,23 +125,10 @@ async def test_no_retry_when_the_deadline_cannot_fit_the_backoff(kms: MemoryKms)
 
 async def test_only_writes_spend_the_per_key_bucket(kms: MemoryKms) -> None:
     arn = kms.create_key()
-    seen: list[tuple[str, str | None]] = []
-
-    class Recording(CountingLimiter):
-        async def acquire(
-            self,
-            operation: str,
-            *,
-            caller: str,
-            key: str | None,
-            deadline: float,
-            account: str | None = None,
-        ) -> None:
-            seen.append((operation, key))
-
-    g = gateway(kms, Recording())
+    limiter = CountingLimiter()
+    g = gateway(kms, limiter)
     await g.get_key_policy(arn, "default", region="us-east-1", ctx=ctx())
     await g.put_key_policy(
         arn, "default", "{}", bypass_lockout_check=False, region="us-east-1", ctx=ctx()
     )
-    assert seen == [("GetKeyPolicy", None), ("PutKeyPolicy", arn)]
+    assert limiter.taken == [("GetKeyPolicy", None), ("PutKeyPolicy", arn)]
