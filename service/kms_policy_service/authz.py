@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kms_policy_service import metrics
 from kms_policy_service.reloading import ReloadableFile
 from kms_policy_service.validation.grants import actions_matched
@@ -70,6 +68,8 @@ class AuthzPolicy:
 
     @classmethod
     def parse(cls, text: str, *, source: str = "policy") -> AuthzPolicy:
+        import yaml  # only with a file configured: a sidecar without one never loads it
+
         try:
             data = yaml.safe_load(text)  # JSON is YAML too
         except yaml.YAMLError as exc:

@@ -19,6 +19,11 @@ LRU, tagged with the caller's identity.
 
 from __future__ import annotations
 
+# isort: off
+# First, before aiobotocore imports it: aiohttp without its two unused SSL contexts.
+from kms_policy_service._lean_aiohttp import aiohttp
+# isort: on
+
 import asyncio
 import functools
 import logging
@@ -28,7 +33,6 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import (
     AioAssumeRoleCredentialFetcher,

@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from kms_policy_service.validation.findings import Finding
 from kms_policy_service.validation.grants import Grant, Principal, actions_matched, grants
 
@@ -75,6 +73,8 @@ class Guardrails:
 
     @classmethod
     def parse(cls, text: str, *, source: str = "guardrails") -> Guardrails:
+        import yaml  # only with a file configured: a sidecar without one never loads it
+
         try:
             data = yaml.safe_load(text)  # JSON is YAML too
         except yaml.YAMLError as exc:
