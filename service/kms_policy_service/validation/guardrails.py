@@ -282,7 +282,8 @@ class Guardrails:
                     "changing Version changes what the protected statements mean",
                 )
             )
-        for deny in (g for g in new if not g.allow):
+        already = {g.canonical for g in current if not g.allow}
+        for deny in (g for g in new if not g.allow and g.canonical not in already):
             for protected in kept:
                 if deny.actions & protected.actions and _covers(deny, protected):
                     out.append(
@@ -298,22 +299,41 @@ class Guardrails:
 
 
 def _covers(deny: Grant, allow: Grant) -> bool:
-    """Could `deny` apply to a principal `allow` names? (Conditions are not read: a
-    conditional Deny may still apply.)"""
-    if allow.everyone:
+    """Could `deny` apply to a principal `allow` names? Conservative: Conditions are not
+    read (a conditional Deny may still apply), and a NotPrincipal Deny covers everyone
+    (IAM applies it to the role, the account *and* every session of a role unless each
+    is listed, and session names cannot all be listed)."""
+    if allow.everyone or deny.not_principal or deny.everyone:
         return True
-    if deny.not_principal:
-        # An account root in an Allow delegates to the account's IAM principals, which
-        # a NotPrincipal list can never all name.
-        excluded = {p.canonical for p in deny.principals}
-        return any(
-            p.canonical not in excluded or p.canonical.endswith(":root") for p in allow.principals
-        )
-    if deny.everyone:
+    return any(_principal_covers(d, a) for d in deny.principals for a in allow.principals)
+
+
+def _principal_covers(denied: Principal, allowed: Principal) -> bool:
+    if denied.kind != allowed.kind:
+        return False
+    if denied.canonical == allowed.canonical:
         return True
-    named = {p.canonical for p in deny.principals}
-    roots = {p.account for p in deny.principals if p.canonical.endswith(":root")}
-    return any(p.canonical in named or p.account in roots for p in allow.principals)
+    if denied.account is None or denied.account != allowed.account:
+        return False
+    # A Deny on an account's root covers its IAM principals; an Allow to the root is how
+    # they get their access (so a Deny on any of them takes some of it away); a Deny on a
+    # session of a role covers the role's sessions of that name.
+    if denied.canonical.endswith(":root") or allowed.canonical.endswith(":root"):
+        return True
+    return _role_of(denied.value) is not None and _role_of(denied.value) == _role_of(allowed.value)
+
+
+def _role_of(arn: str) -> str | None:
+    """`account/role name` of a role ARN (any path) or of one of its session ARNs."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6:
+        return None
+    account, resource = parts[4], parts[5]
+    if parts[2] == "iam" and resource.startswith("role/"):
+        return f"{account}/{resource.rsplit('/', 1)[-1]}"
+    if parts[2] == "sts" and resource.startswith("assumed-role/"):
+        return f"{account}/{resource.split('/')[1]}"
+    return None
 
 
 NO_GUARDRAILS = Guardrails()

@@ -108,10 +108,20 @@ def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -
         entries = [p for p in as_list(value.get("AWS", [])) if isinstance(p, str)]
         return any(principal.is_named_by(p) for p in entries)
 
+    def listed_exactly(value: Any) -> bool:
+        # NotPrincipal excludes only what it names exactly: the service's own session
+        # (or, for a user, its user ARN), never by its account or its role alone.
+        if not isinstance(value, dict):
+            return False
+        entries = {p for p in as_list(value.get("AWS", [])) if isinstance(p, str)}
+        return principal.session_arn in entries or (
+            ":user/" in principal.arn and principal.arn in entries
+        )
+
     if "Principal" in statement:
         return listed(statement["Principal"])
     if "NotPrincipal" in statement:
-        return not listed(statement["NotPrincipal"])
+        return not listed_exactly(statement["NotPrincipal"])
     return False
 
 

@@ -72,6 +72,17 @@ class Scope:
 
     def _within(self, g: Grant) -> list[Finding]:
         out = []
+        if not g.allow and g.everyone and self.principals is None:
+            # A Deny on everyone takes away what statements the caller does not own
+            # grant: never within a scope (with `principals`, it is judged below).
+            where = f"{g.path}.NotPrincipal" if g.not_principal else f"{g.path}.Principal"
+            out.append(
+                _finding(
+                    where,
+                    "a Deny on everyone reaches statements the caller does "
+                    "not own: never within a scope",
+                )
+            )
         if self.principals is not None:
             if g.not_principal:
                 out.append(

@@ -135,3 +135,63 @@ def test_the_file_names_an_unknown_key_and_a_bad_mode() -> None:
         Guardrails.parse("deny: [everything]")
     with pytest.raises(GuardrailsError, match="lockout_bypass must be"):
         Guardrails.parse("lockout_bypass: sometimes")
+
+
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/kms-admin"
+
+
+@pytest.mark.parametrize(
+    ("protected", "deny_principal"),
+    [
+        ("KeyAdministrators", {"NotPrincipal": {"AWS": [ROLE]}}),
+        ("KeyAdministrators", {"NotPrincipal": {"AWS": [ROLE, ACCOUNT]}}),
+        (
+            "KeyAdministrators",
+            {"Principal": {"AWS": f"arn:aws:sts::{ACCOUNT}:assumed-role/kms-admin/alice"}},
+        ),
+        ("Enable IAM User Permissions", {"Principal": {"AWS": ROLE}}),
+        (
+            "Enable IAM User Permissions",
+            {"Principal": {"AWS": f"arn:aws:sts::{ACCOUNT}:assumed-role/kms-admin/s"}},
+        ),
+    ],
+    ids=[
+        "not-principal-role",
+        "not-principal-role-and-account",
+        "admin-session",
+        "role-under-root",
+        "session-under-root",
+    ],
+)
+def test_a_deny_on_what_a_protected_statement_stands_for_is_refused(
+    protected: str, deny_principal: dict[str, Any]
+) -> None:
+    guardrails = Guardrails.parse(json.dumps({"protected_sids": [protected]}))
+    deny = {"Sid": "X", "Effect": "Deny", "Action": "kms:*", "Resource": "*", **deny_principal}
+    found = guardrails.violations(with_extra(deny), CURRENT)
+    assert [(v.guardrail, v.path) for v in found] == [("protected_sids", "Statement[2]")]
+
+
+def test_a_deny_already_in_the_policy_does_not_make_it_unchangeable() -> None:
+    keep_mfa = {
+        "Sid": "DenyDeletion",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "kms:ScheduleKeyDeletion",
+        "Resource": "*",
+        "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "false"}},
+    }
+    guardrails = Guardrails.parse(
+        json.dumps(
+            {"protected_sids": ["KeyAdministrators", "Enable IAM User Permissions", "DenyDeletion"]}
+        )
+    )
+    current = with_extra(keep_mfa)
+    harmless = {
+        "Sid": "App",
+        "Effect": "Allow",
+        "Principal": {"AWS": ACCOUNT},
+        "Action": "kms:Decrypt",
+    }
+    assert guardrails.violations(current, current) == []
+    assert guardrails.violations(with_extra(keep_mfa, harmless | {"Resource": "*"}), current) == []

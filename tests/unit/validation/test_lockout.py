@@ -105,3 +105,40 @@ def test_the_seed_policy_passes_for_its_own_account() -> None:
         "111122223333", "arn:aws:iam::111122223333:user/ExampleAdminUser"
     )
     assert list(lockout_findings(SEED, me, KEY.replace(ACCOUNT, "111122223333"))) == []
+
+
+def test_a_not_principal_deny_naming_only_the_role_or_account_still_locks_the_session_out() -> None:
+    from kms_policy_service.validation.lockout import ServicePrincipal, lockout_findings
+
+    me = ServicePrincipal.from_caller_identity(
+        "123456789012", "arn:aws:sts::123456789012:assumed-role/kms-policy-service/pod-1"
+    )
+    root = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
+    for listed in (
+        ["arn:aws:iam::123456789012:role/kms-policy-service", "123456789012"],
+        ["arn:aws:iam::123456789012:role/kms-policy-service"],
+    ):
+        deny = {
+            "Effect": "Deny",
+            "NotPrincipal": {"AWS": listed},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+        codes = [f.code for f in lockout_findings({"Statement": [root, deny]}, me, None)]
+        assert "POLICY_LOCKOUT" in codes
+    exact = {
+        "Effect": "Deny",
+        "NotPrincipal": {"AWS": [me.session_arn]},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
+    assert not [
+        f
+        for f in lockout_findings({"Statement": [root, exact]}, me, None)
+        if f.code == "POLICY_LOCKOUT"
+    ]

@@ -61,3 +61,16 @@ def test_a_service_star_principal_is_everyone() -> None:
     statement = {"Effect": "Allow", "Principal": {"Service": "*"}, "Action": "kms:Decrypt"}
     (g,) = grants_module.grants({"Statement": [statement | {"Resource": "*"}]})
     assert g.everyone
+
+
+def test_a_deny_on_everyone_is_never_within_a_scope_without_principals() -> None:
+    scope = Scope(sids=("payments-*",), actions=("kms:Decrypt", "kms:Encrypt"))
+    deny = {
+        "Sid": "payments-deny",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ["kms:Decrypt", "kms:Encrypt"],
+        "Resource": "*",
+    }
+    findings = scope.findings({"Version": "2012-10-17", "Statement": [deny]}, EMPTY)
+    assert [f.path for f in findings] == ["Statement[0].Principal"]
