@@ -141,7 +141,9 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
 
         shared = await offer(stubs, key["Arn"], 3.0)
         assert set(shared) <= {"OK", "RESOURCE_EXHAUSTED"}, shared
-        assert within(shared["OK"], RATE * 3.0), shared
+        # Shared: about RATE for both replicas together (two separate buckets would let
+        # twice as many through); the margin absorbs a busy machine's scheduling.
+        assert within(shared["OK"], RATE * 3.0, tolerance=0.25), shared
 
         redis_server.kill()
         degraded = await offer(stubs, key["Arn"], 2.0)
@@ -159,7 +161,7 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
         await until_bucket_full(redis_server)
         recovered = await offer(stubs, key["Arn"], 3.0)
         assert set(recovered) <= {"OK", "RESOURCE_EXHAUSTED"}, recovered
-        assert within(recovered["OK"], RATE * 3.0), recovered
+        assert within(recovered["OK"], RATE * 3.0, tolerance=0.25), recovered
         for _ in range(40):  # log records are written by a background thread
             logs = [r.get("message", "") for p in replicas for r in p.drain_logs()]
             if any("unreachable" in m for m in logs) and any("reachable again" in m for m in logs):
