@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kms_policy_service.validation.keys import account_of
+
 SESSION_NAME = "kms-policy-service"  # RoleSessionName: CloudTrail names the service by it
 CALLER_TAG = "kms-policy-service:caller"  # session tag key carrying the caller's identity
 # IAM session tags: a value is at most 256 characters of [\p{L}\p{Z}\p{N}_.:/=+\-@]
@@ -29,13 +31,6 @@ ROLE_ARN_RE = re.compile(
     r"arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):"
     r"role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})"
 )
-_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>\d{12}):")
-
-
-def account_of(key_id: str) -> str | None:
-    """The account a key ARN or alias ARN names; None (the home account) for the rest."""
-    m = _ARN_ACCOUNT.match(key_id)
-    return m["account"] if m else None
 
 
 def parse_account_roles(values: list[str]) -> dict[str, str]:

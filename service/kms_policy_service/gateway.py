@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kms_policy_service import metrics
-from kms_policy_service.accounts import AccountRoles, account_of
+from kms_policy_service.accounts import AccountRoles
 from kms_policy_service.backend import (
     ASSUME_ROLE,
     KeyMetadata,
@@ -39,6 +39,7 @@ from kms_policy_service.errors import (
 )
 from kms_policy_service.ratelimit import Limiter
 from kms_policy_service.request import RequestContext
+from kms_policy_service.validation.keys import account_of
 
 T = TypeVar("T")
 

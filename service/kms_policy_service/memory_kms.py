@@ -15,7 +15,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from kms_policy_service.accounts import account_of
 from kms_policy_service.backend import (
     ASSUME_ROLE,
     CallerIdentity,
@@ -24,6 +23,7 @@ from kms_policy_service.backend import (
     PolicyPage,
     default_key_policy,
 )
+from kms_policy_service.validation.keys import account_of
 
 
 @dataclass

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.conftest import RunningService, policy_for, service_settings
 from tests.support.certs import CertAuthority, Pair
 from tests.support.kms_faults import KmsFaultInjector
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 ADMIN = "spiffe://cluster.local/ns/security/sa/key-admin"
 ATTACKER = "spiffe://cluster.local/ns/other/sa/attacker"
@@ -52,13 +52,6 @@ def raw_call(channel: grpc.aio.Channel, method: str) -> Callable[..., Any]:
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # -- stalled streams and per-caller shares, over mTLS --------------------------------------
@@ -119,7 +112,7 @@ async def test_the_key_admin_gets_through_while_another_peer_holds_1100_stalled_
         calls = [stalled_call(ch) for ch in attackers for _ in range(100)]
         # The attacker holds its share, and every stream beyond it is refused at once.
         share = DEFAULT_MAX_RPCS_PER_CALLER
-        await wait_for(lambda: sum(c.done() for c in calls) >= 1100 - share, timeout=30)
+        await until(lambda: sum(c.done() for c in calls) >= 1100 - share, timeout=30)
         assert tls_server.admission.held(ATTACKER) == share
         reply = await pb_grpc.PolicyServiceStub(admin).GetKeyPolicy(
             pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10
@@ -153,7 +146,7 @@ async def test_a_stream_whose_request_never_comes_ends_at_the_receive_timeout(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "REQUEST_NOT_RECEIVED",
         )
-        await wait_for(lambda: tls_server.admission.held(ATTACKER) == 0)  # type: ignore[union-attr]
+        await until(lambda: tls_server.admission.held(ATTACKER) == 0)  # type: ignore[union-attr]
     finally:
         await channel.close()
 
@@ -166,13 +159,18 @@ async def test_one_connection_holds_at_most_max_streams_per_connection(
     assert tls_server.admission is not None
     try:
         calls = [stalled_call(channel) for _ in range(30)]
-        await wait_for(lambda: tls_server.admission.held(ATTACKER) == 10)  # type: ignore[union-attr]
-        # The other 20 wait in the client for a stream the server does not grant.
-        for _ in range(20):
-            await asyncio.sleep(0.02)
-            assert tls_server.admission.held(ATTACKER) == 10
-        assert not any(c.done() for c in calls)
-        for c in calls:
+        admission = tls_server.admission
+        await until(lambda: admission.held(ATTACKER) == 10, what="10 streams held")
+        # The other 20 wait in the client for a stream the server does not grant: ending
+        # the first ten lets exactly ten more in, and none of them was refused.
+        for c in calls[:10]:
+            c.cancel()
+        await until(
+            lambda: admission.held(ATTACKER) == 10 and sum(c.done() for c in calls) == 10,
+            what="the next ten streams granted as the first ten ended",
+        )
+        assert all(c.cancelled() for c in calls[:10]) and not any(c.done() for c in calls[10:])
+        for c in calls[10:]:
             c.cancel()
     finally:
         await channel.close()
@@ -321,7 +319,7 @@ async def test_a_connection_that_never_completes_its_tls_handshake_is_closed(
 ) -> None:
     (sock,) = _silent_connections(tls_server.port, 1)
     try:
-        await wait_for(lambda: _closed_by_server(sock), timeout=10)
+        await until(lambda: _closed_by_server(sock), timeout=10)
     finally:
         sock.close()
 
@@ -336,7 +334,7 @@ async def test_past_max_connections_new_connections_are_closed_and_old_ones_serv
         await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
         socks = _silent_connections(tls_server.port, 10)
         try:
-            await wait_for(lambda: sum(_closed_by_server(s) for s in socks) >= 7, timeout=10)
+            await until(lambda: sum(_closed_by_server(s) for s in socks) >= 7, timeout=10)
             # The connection that was there first still serves.
             await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
         finally:

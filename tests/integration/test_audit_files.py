@@ -3,9 +3,7 @@ line never corrupts the next record, and no record content can stop a record."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import RunningService, policy_for
 from tests.support.audit_trail import decrypt_for, records
+from tests.support.waiting import until
 
 TORN = '{"time":"2024-01-01T00:00:00.000Z","phase":"intent","previous_policy":"{\\"Ver'
 
@@ -35,13 +34,6 @@ async def put(service: RunningService, key: dict[str, Any], sid: str = "AppDecry
     await service.stub.PutKeyPolicy(
         pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[decrypt_for(sid)]))
     )
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_after_the_audit_file_is_deleted_the_next_put_is_recorded_at_the_path(
@@ -71,7 +63,7 @@ async def test_a_reload_after_rotation_creates_the_file_at_the_path_at_once(
     await put(service, key, "First")
     audit_path.rename(audit_path.with_name("audit.log.1"))
     service.server.reload()  # what SIGHUP calls
-    await wait_for(audit_path.exists)
+    await until(audit_path.exists)
     await put(service, key, "Second")
     assert [r["phase"] for r in records(audit_path)] == ["intent", "outcome"]
 

@@ -17,6 +17,7 @@ from tests.support.kms_faults import KmsFaultInjector
 from tests.support.process import ServiceProcess, loopback_service
 from tests.support.redis_server import RedisServer
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 EDITORS = 20
 
@@ -113,7 +114,6 @@ async def test_a_replica_killed_mid_write_blocks_the_key_for_one_lease_not_its_d
     faults: KmsFaultInjector, redis_server: RedisServer, key: dict[str, Any]
 ) -> None:
     import signal
-    import time
 
     import redis
 
@@ -146,15 +146,20 @@ async def test_a_replica_killed_mid_write_blocks_the_key_for_one_lease_not_its_d
                 timeout=one_year,
             )
         )
-        deadline = time.monotonic() + 10
-        while not [s for s in faults.seen if s.operation == "PutKeyPolicy"]:
-            assert time.monotonic() < deadline, "the write never reached KMS"
-            await asyncio.sleep(0.02)
-        # Held while the write runs, renewed past its first lease, never longer than one.
-        renewed_until = time.monotonic() + 2.0
-        while time.monotonic() < renewed_until:
-            assert 0 < client.pttl(lock_key) <= 1500
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: any(s.operation == "PutKeyPolicy" for s in faults.seen),
+            what="the write to reach KMS",
+        )
+        # Held while the write runs: a lease never longer than one, seen renewed (its time
+        # to live goes back up) past the first lease.
+        ttls = [client.pttl(lock_key)]
+
+        def renewed() -> bool:
+            ttls.append(client.pttl(lock_key))
+            assert 0 < ttls[-1] <= 1500, ttls
+            return ttls[-1] > ttls[-2]
+
+        await until(renewed, timeout=5, what="the lease to be renewed")
         assert doomed.proc is not None
         doomed.proc.send_signal(signal.SIGKILL)
         doomed.wait(10)

@@ -14,6 +14,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -149,8 +150,7 @@ async def test_past_the_concurrency_bound_calls_are_shed_at_once(
     faults.clear()  # so the wait below sees the slow call, not the warm-up ones
     faults.add(Rule("GetKeyPolicy", "sleep", delay=0.5))
     slow = asyncio.ensure_future(service.stub.GetKeyPolicy(get(keys[0])))
-    while "GetKeyPolicy" not in faults.operations():
-        await asyncio.sleep(0.01)
+    await until(lambda: "GetKeyPolicy" in faults.operations(), what="the slow call at KMS")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.GetKeyPolicy(get(keys[1]))
     assert details_of(caught.value).reason == "OVERLOADED"
@@ -186,8 +186,10 @@ async def test_a_cancelled_call_abandons_its_kms_request(
     await service.stub.GetKeyPolicy(get(key))
     faults.add(Rule("GetKeyPolicy", "sleep", delay=5.0))
     call = service.stub.GetKeyPolicy(get(key), timeout=10)
-    while "GetKeyPolicy" not in [s.operation for s in faults.seen if s.injected]:
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: any(s.operation == "GetKeyPolicy" and s.injected for s in faults.seen),
+        what="the call held at KMS",
+    )
     call.cancel()
     await abandoned(faults)
 

@@ -20,6 +20,7 @@ from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.process import ServiceProcess
+from tests.support.waiting import until
 
 SERVING, NOT_SERVING = (
     health_pb2.HealthCheckResponse.SERVING,
@@ -174,8 +175,10 @@ async def test_sigterm_drains_fifty_calls_in_flight_and_refuses_new_ones(
                 )
                 for k in keys
             ]
-            while faults.operations().count("GetKeyPolicy") < 50:  # all 50 are held in KMS
-                await asyncio.sleep(0.02)
+            await until(
+                lambda: faults.operations().count("GetKeyPolicy") >= 50,
+                what="all 50 calls held in KMS",
+            )
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
             await until_health(health_port, "", NOT_SERVING)

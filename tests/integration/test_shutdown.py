@@ -15,6 +15,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.process import ServiceProcess, loopback_service
+from tests.support.waiting import until
 
 
 async def until_draining(health_port: int, timeout: float = 10.0) -> None:
@@ -52,8 +53,7 @@ async def test_a_stop_signal_drains_an_in_flight_call_to_ok_and_exits_zero(
             in_flight = asyncio.ensure_future(
                 stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
             )
-            while "GetKeyPolicy" not in faults.operations():  # the call is held in KMS
-                await asyncio.sleep(0.02)
+            await until(lambda: "GetKeyPolicy" in faults.operations(), what="the call at KMS")
             assert proc.proc is not None
             proc.proc.send_signal(sig)
             await until_draining(health_port)

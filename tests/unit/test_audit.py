@@ -3,11 +3,9 @@ torn lines, any content, and bounded refused-attempt records."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from kms_policy_service.audit import AuditLog, change_summary
 from kms_policy_service.errors import Unavailable
 from kms_policy_service.ratelimit.gcra import Rate
+from tests.support.waiting import until
 
 
 def test_change_summary_names_statements_by_sid_or_index() -> None:
@@ -112,7 +111,7 @@ async def test_reopen_creates_the_file_at_the_path_at_once(tmp_path: Path) -> No
     log = AuditLog(str(path))
     path.rename(tmp_path / "audit.log.1")
     log.reopen()
-    await wait_for(path.exists)
+    await until(path.exists)
     await log.record({"n": 1}, durable=True)
     assert [r["n"] for r in lines_of(path)] == [1]
     assert (tmp_path / "audit.log.1").read_text() == ""
@@ -247,7 +246,7 @@ async def test_the_summary_is_written_after_a_delay_if_no_refusal_follows(tmp_pa
     log = AuditLog(str(path), refusal_rate=Rate(1, 1), summary_delay=0.01)
     for _ in range(4):
         await log.record_refusal(REFUSED, caller="mallory", authorized=False)
-    await wait_for(lambda: len(lines_of(path)) == 2)
+    await until(lambda: len(lines_of(path)) == 2)
     assert lines_of(path)[1]["dropped"] == 3
 
 
@@ -302,10 +301,3 @@ async def test_an_authorized_callers_refused_policy_is_kept_whole(tmp_path: Path
     (line,) = lines_of(path)
     assert line["new_policy"] == policy and line["authorized"] is True
     assert "new_policy_prefix" not in line
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

@@ -30,6 +30,15 @@ KEY_ARN_RE = re.compile(_ARN_PREFIX + r"key/(?P<id>" + _KEY_ID + ")")
 ALIAS_ARN_RE = re.compile(_ARN_PREFIX + r"(?P<id>" + _ALIAS + ")")
 
 
+_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>\d{12}):")
+
+
+def account_of(key_id: str) -> str | None:
+    """The account a key ARN or alias ARN names; None (the home account) for the rest."""
+    m = _ARN_ACCOUNT.match(key_id)
+    return m["account"] if m else None
+
+
 class KeyKind(enum.Enum):
     KEY_ID = "key-id"
     KEY_ARN = "key-arn"

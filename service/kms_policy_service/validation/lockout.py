@@ -16,6 +16,7 @@ from typing import Any
 
 from kms_policy_service.validation.document import as_list, iter_statements
 from kms_policy_service.validation.findings import Finding
+from kms_policy_service.validation.keys import account_of
 from kms_policy_service.validation.wildcards import WildcardTexts, wildcard_match
 
 PUT_KEY_POLICY = "kms:PutKeyPolicy"
@@ -82,9 +83,6 @@ class ServicePrincipal:
         return False
 
 
-_KEY_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>\d{12}):")
-
-
 @dataclass(frozen=True)
 class ServicePrincipals:
     """Who the service is in each account it serves: its own principal at home, the
@@ -95,8 +93,8 @@ class ServicePrincipals:
 
     def for_key(self, key_id: str | None) -> ServicePrincipal:
         """The principal that manages the key a key ARN or alias ARN names (else home's)."""
-        m = _KEY_ARN_ACCOUNT.match(key_id or "")
-        return self.members.get(m["account"], self.home) if m else self.home
+        account = account_of(key_id or "")
+        return self.members.get(account, self.home) if account else self.home
 
 
 def _principal_applies(statement: dict[str, Any], principal: ServicePrincipal) -> bool:
