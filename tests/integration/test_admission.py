@@ -7,12 +7,14 @@ import asyncio
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from kms_policy_service import Server
 from kms_policy_service.ratelimit import Rate
@@ -109,6 +111,7 @@ async def test_the_key_admin_gets_through_while_another_peer_holds_1100_stalled_
     admin = tls_channel(tls_server, pki["ca"], pki["admin"])
     assert tls_server.admission is not None
     try:
+        refused_before = concurrency_refusals()
         calls = [stalled_call(ch) for ch in attackers for _ in range(100)]
         # The attacker holds its share, and every stream beyond it is refused at once.
         share = DEFAULT_MAX_RPCS_PER_CALLER
@@ -119,12 +122,28 @@ async def test_the_key_admin_gets_through_while_another_peer_holds_1100_stalled_
         )
         assert reply.key_arn == key["Arn"]
         refused = [c for c in calls if c.done()]
-        codes = {(await c.code(), details_of_call(await c.details())) for c in refused[:50]}
-        assert codes == {(grpc.StatusCode.RESOURCE_EXHAUSTED, "this caller already has")}
+        codes = Counter([(await c.code(), details_of_call(await c.details())) for c in refused])
+        # Under load grpc-core now and then ends a stream as CANCELLED before any handler
+        # runs (seen in CI: 587 refused by the service, 1 cancelled, 512 held). Such a
+        # stream holds nothing, so it is allowed; every other one is the service's refusal,
+        # counted by the server as it sent it.
+        refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED, "this caller already has")
+        transport_cancel = (grpc.StatusCode.CANCELLED, "CANCELLED")
+        assert set(codes) <= {refusal, transport_cancel}
+        assert codes[refusal] >= 0.9 * len(refused)
+        assert codes[refusal] == concurrency_refusals() - refused_before
+        assert codes[refusal] + codes[transport_cancel] == 1100 - share
     finally:
         for ch in attackers:
             await ch.close()
         await admin.close()
+
+
+def concurrency_refusals() -> float:
+    value = REGISTRY.get_sample_value(
+        "kms_policy_admission_refusals_total", {"reason": "caller_concurrency_limited"}
+    )
+    return value or 0.0
 
 
 def details_of_call(text: str) -> str:
