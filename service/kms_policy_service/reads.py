@@ -1,5 +1,10 @@
 """Reads: single-flight for concurrent identical reads, and an optional short TTL cache.
 
+Concurrent GetKeyPolicy calls for one key share one KMS fetch: a call joins the fetch
+in flight. A Put through this replica detaches that fetch (later calls start their
+own), so a caller that wrote and then reads never gets an answer fetched before its
+write.
+
 Consistency of the policy cache (off by default, `--read-cache-ttl`): a successful
 Put through this replica invalidates its entry at once, so a caller reads its own
 writes through the same replica. Writes through other replicas or outside the
@@ -43,6 +48,10 @@ class SingleFlight(Generic[T]):
             except DeadlineExceeded:
                 pass  # the leader's deadline, not ours: fetch again under our own
 
+    def forget(self, a: str, b: str) -> None:
+        """Later calls for the slot start a fetch of their own (those joined keep theirs)."""
+        self._in_flight.pop((a, b), None)
+
     async def _lead(self, slot: Slot, fetch: Callable[[], Awaitable[T]]) -> T:
         shared: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._in_flight[slot] = shared
@@ -56,7 +65,8 @@ class SingleFlight(Generic[T]):
                 shared.exception()  # retrieved: no "never retrieved" warning without followers
             raise
         finally:
-            self._in_flight.pop(slot, None)
+            if self._in_flight.get(slot) is shared:  # not forgotten and replaced meanwhile
+                del self._in_flight[slot]
         shared.set_result(value)
         return value
 
@@ -67,6 +77,7 @@ class PolicyReads:
         self._max_entries = max_entries
         self._flight: SingleFlight[str] = SingleFlight()
         self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
+        self._writes = 0  # invalidations so far: a fetch that saw one begin is not cached
 
     async def read(self, key_arn: str, name: str, fetch: Callable[[], Awaitable[str]]) -> str:
         """The policy of (key_arn, name): cached, joined to a read in flight, or fetched."""
@@ -75,8 +86,9 @@ class PolicyReads:
             hit = self._cache.get(slot)
             if hit is not None and hit[0] > time.monotonic():
                 return hit[1]
+        writes = self._writes
         policy = await self._flight.read(key_arn, name, fetch)
-        if self._ttl > 0:
+        if self._ttl > 0 and writes == self._writes:
             self._cache[slot] = (time.monotonic() + self._ttl, policy)
             self._cache.move_to_end(slot)
             while len(self._cache) > self._max_entries:
@@ -84,4 +96,7 @@ class PolicyReads:
         return policy
 
     def invalidate(self, key_arn: str, name: str) -> None:
+        """A write through this replica: no later read is answered from before it."""
+        self._writes += 1
         self._cache.pop((key_arn, name), None)
+        self._flight.forget(key_arn, name)

@@ -35,7 +35,8 @@ _EXPIRATION = re.compile(rb"<Expiration>[^<]*</Expiration>")
 @dataclass
 class Rule:
     operation: str  # e.g. "PutKeyPolicy", or STS's "AssumeRole"; "*" for any KMS operation
-    # "error", "html500", "sleep", "drop", "reply", "apply_then_drop", "expiring" (STS)
+    # "error", "html500", "sleep", "drop", "reply", "apply_then_drop",
+    # "apply_then_sleep" (KMS answers, the answer arrives `delay` seconds late), "expiring" (STS)
     action: str
     error_code: str = ""
     status: int = 400
@@ -57,6 +58,7 @@ class Seen:
     injected: str = ""  # the rule action applied, "" if forwarded untouched
     abandoned: bool = False  # the client went away before the answer
     access_key: str = ""  # the access key ID that signed the request
+    applied: bool = False  # the upstream answered it (an "apply_then_*" answer may be late)
 
 
 @dataclass
@@ -223,6 +225,9 @@ class KmsFaultInjector:
             request.method, self.upstream + request.path_qs, data=body, headers=headers
         ) as upstream:
             payload = await upstream.read()
+            seen.applied = True
+            if rule is not None and rule.action == "apply_then_sleep":
+                await asyncio.sleep(rule.delay)
             if rule is not None and rule.action == "apply_then_drop":
                 # KMS did the work, but its answer never arrives (after `delay` seconds).
                 await asyncio.sleep(rule.delay)

@@ -114,3 +114,34 @@ async def test_the_cache_serves_repeated_reads_and_a_write_invalidates_it() -> N
     assert fetch.calls == 1
     reads.invalidate("arn", "default")
     assert await reads.read("arn", "default", fetch) == "v2"
+
+
+async def test_a_write_detaches_the_fetch_in_flight_from_later_readers() -> None:
+    reads = PolicyReads(cache_ttl=0)
+    before, after = Fetch(), Fetch()
+    early = await joined(reads, before)
+    reads.invalidate("arn", "default")  # a Put through this replica
+    late = await joined(reads, after)
+    assert (before.calls, after.calls) == (1, 1)  # the late reader did not join
+    joiner = await joined(reads, Fetch())  # joins the late reader's fetch, not the early one
+    after.gate.set()
+    # bounded: a joiner wrongly waiting on the early (gated) fetch fails, not hangs
+    assert await asyncio.wait_for(asyncio.gather(late, joiner), timeout=5) == ["v1", "v1"]
+    assert not early.done()
+    before.gate.set()
+    assert await early == "v1"
+
+
+async def test_a_fetch_that_began_before_a_write_is_not_cached_after_it() -> None:
+    reads = PolicyReads(cache_ttl=60)
+    before = Fetch()
+    early = await joined(reads, before)
+    reads.invalidate("arn", "default")
+    before.gate.set()
+    await early
+    fresh = Fetch()
+    fresh.gate.set()
+    assert await reads.read("arn", "default", fresh) == "v1"
+    assert fresh.calls == 1  # the early answer was not cached over the write
+    assert await reads.read("arn", "default", fresh) == "v1"
+    assert fresh.calls == 1  # this one was
