@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,7 @@ def repeated(args: argparse.Namespace, fn: Any) -> dict[str, Any]:
     return {
         "concurrency": runs[0]["concurrency"],
         "errors": sum(r["errors"] for r in runs),
+        "error_kinds": dict(sum((Counter(r.get("error_kinds", {})) for r in runs), Counter())),
         **{k: summary(k) for k in keys},
     }
 

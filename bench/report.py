@@ -27,8 +27,16 @@ def _row(name: str, r: dict[str, Any]) -> str:
     return (
         f"| {name} | {r['concurrency']} | {_m(r['rps'])} | {_m(r['p50_ms'], 2)} | {_m(r['p99_ms'], 2)} "
         f"| {_m(r.get('server_cpu_ms_per_req'), 3)} | {_m(r.get('kms_cpu_ms_per_req'), 3)} "
-        f"| {_m(r.get('client_cpu_ms_per_req'), 3)} | {r['errors']} |"
+        f"| {_m(r.get('client_cpu_ms_per_req'), 3)} | {_errors(r)} |"
     )
+
+
+def _errors(r: dict[str, Any]) -> str:
+    """The count, and what they were (gRPC codes) when there were any."""
+    kinds = r.get("error_kinds") or {}
+    if not kinds:
+        return str(r["errors"])
+    return f"{r['errors']} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"
 
 
 HEADER = (
