@@ -292,12 +292,43 @@ def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def scenario_resolution(args: argparse.Namespace) -> dict[str, Any]:
+    """6. DescribeKey over time: 256 keys read steadily for --resolution-seconds at the
+    default key-resolution TTL (30 s); the fake KMS counts its requests per second."""
+    import urllib.request
+
+    with process("bench.fake_kms") as (_, kms):
+        url = f"http://127.0.0.1:{kms['port']}"
+        with process("bench.policy_server", "--kms", url) as (_, ready):
+            target = f"127.0.0.1:{ready['port']}"
+            began = time.monotonic()
+            run = load(target, 4, args, "--duration", str(args.resolution_seconds), "--keys", "256")
+            with urllib.request.urlopen(f"{url}/counts", timeout=5) as answer:
+                counts = json.loads(answer.read())
+    # Seconds since the fake started; the load began about when the service was ready.
+    describe = {int(k): v for k, v in counts.get("DescribeKey", {}).items()}
+    gets = {int(k): v for k, v in counts.get("GetKeyPolicy", {}).items()}
+    first = min(gets) if gets else 0
+    last = max(gets) if gets else 0
+    return {
+        "seconds": args.resolution_seconds,
+        "keys": 256,
+        "ttl_s": 30.0,
+        "elapsed_s": time.monotonic() - began,
+        "rps": run["rps"],
+        "errors": run["errors"],
+        # per second, from the first GetKeyPolicy to the last (0 where none came)
+        "describe_per_second": [describe.get(t, 0) for t in range(first, last + 1)],
+    }
+
+
 SCENARIOS = {
     "overhead": scenario_overhead,
     "full_path": scenario_full_path,
     "concurrency": scenario_concurrency,
     "limiter": scenario_limiter,
     "footprint": scenario_footprint,
+    "resolution": scenario_resolution,
 }
 
 
@@ -320,6 +351,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--resolution-seconds", type=float, default=120.0)
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.json"))
     args = parser.parse_args()

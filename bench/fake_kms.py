@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import json
 import sys
+import time
+from collections import Counter, defaultdict
 
 from aiohttp import web
 
@@ -43,14 +45,21 @@ class FakeKms:
     def __init__(self, latency: float) -> None:
         self.latency = latency
         self.policies: dict[str, str] = {}
+        self.started = time.monotonic()
+        # operation -> whole seconds since start -> requests: the rate of each over time
+        self.counts: dict[str, Counter[int]] = defaultdict(Counter)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({op: dict(by_second) for op, by_second in self.counts.items()})
 
     async def handle(self, request: web.Request) -> web.Response:
+        target = request.headers.get("X-Amz-Target", "")
+        op = target.rsplit(".", 1)[-1] if target else "STS"
+        self.counts[op][int(time.monotonic() - self.started)] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
-        target = request.headers.get("X-Amz-Target", "")
         if not target:
             return web.Response(text=STS_IDENTITY, content_type="text/xml")
-        op = target.rsplit(".", 1)[-1]
         body = json.loads(await request.read() or b"{}")
         arn = key_arn(body.get("KeyId", ""))
         if op == "DescribeKey":
@@ -81,7 +90,9 @@ class FakeKms:
 
 async def serve(port: int, latency: float) -> None:
     app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", FakeKms(latency).handle)
+    fake = FakeKms(latency)
+    app.router.add_route("GET", "/counts", fake.stats)  # for the benchmark, not KMS
+    app.router.add_route("POST", "/{tail:.*}", fake.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
