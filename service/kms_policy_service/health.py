@@ -4,6 +4,11 @@
 ready and NOT_SERVING while draining; they never depend on KMS being reachable
 (liveness must not restart pods when KMS is slow). The canary, when configured,
 reports KMS reachability under its own name for readiness gating.
+
+The probe-only listener (`--health-listen`) answers Check and nothing else, within
+fixed bounds: it is plaintext and unauthenticated on the pod IP, so whatever reaches
+it must not cost the process memory or hold what the kubelet's next probe needs.
+Watch is not served there (kubelet probes use Check; a Watch holds a stream forever).
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kms_policy_service.contract import POLICY_SERVICE
 
 log = logging.getLogger(__name__)
+
+# The probe listener's bounds. A HealthCheckRequest is a service name: 1 KiB is ample.
+PROBE_MAX_MESSAGE_BYTES = 1024
+PROBE_MAX_CONNECTIONS = 256
+PROBE_MAX_STREAMS_PER_CONNECTION = 4
+PROBE_MAX_CONCURRENT_RPCS = 256
+PROBE_MAX_CONNECTION_IDLE_MS = 10_000  # kubelet dials a new connection per probe
 
 SERVICE_NAME = POLICY_SERVICE
 CANARY_NAME = f"{POLICY_SERVICE}/kms"
@@ -66,11 +78,42 @@ class Health:
             await self.servicer.set(CANARY_NAME, SERVING if ok else NOT_SERVING)
             await asyncio.sleep(interval)
 
-    def probe_server(self, address: str) -> tuple[grpc.aio.Server, int]:
-        """A listener serving only grpc.health.v1 (kubelet probes dial the pod IP)."""
-        server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+    def probe_server(
+        self, address: str, *, handshake_timeout_ms: int
+    ) -> tuple[grpc.aio.Server, int]:
+        """A listener serving only grpc.health.v1 Check (kubelet probes dial the pod IP)."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", PROBE_MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),  # a second instance on the port fails to start
+                ("grpc.max_concurrent_streams", PROBE_MAX_STREAMS_PER_CONNECTION),
+                ("grpc.max_allowed_incoming_connections", PROBE_MAX_CONNECTIONS),
+                ("grpc.server_handshake_timeout_ms", handshake_timeout_ms),
+                ("grpc.max_connection_idle_ms", PROBE_MAX_CONNECTION_IDLE_MS),
+            ],
+            maximum_concurrent_rpcs=PROBE_MAX_CONCURRENT_RPCS,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(_CheckOnly(self.servicer), server)
         port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"could not bind {address}")
         return server, port
+
+
+class _CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Check answered by the shared servicer; Watch refused (see the module docstring)."""
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+        self._servicer = servicer
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return await self._servicer.Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "Watch is served on the main listener only"
+        )

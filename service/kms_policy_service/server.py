@@ -199,7 +199,9 @@ class Server:
 
     async def _start_side_listeners(self, settings: Settings) -> None:
         if settings.health_listen:
-            self._probe_server, self.health_port = self.health.probe_server(settings.health_listen)
+            self._probe_server, self.health_port = self.health.probe_server(
+                settings.health_listen, handshake_timeout_ms=_ms(settings.handshake_timeout)
+            )
             await self._probe_server.start()
             log.info(
                 "health listener",

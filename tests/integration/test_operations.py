@@ -111,6 +111,33 @@ async def test_the_health_listener_serves_only_health(service: RunningService) -
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+async def test_the_health_listener_is_bounded_and_serves_check_only(
+    service: RunningService,
+) -> None:
+    """Plaintext and unauthenticated on the pod IP: a 3 MB Check must not be read, a Watch
+    must not hold a stream, and a second process must not share the port."""
+    from kms_policy_service.health import PROBE_MAX_MESSAGE_BYTES, Health
+
+    port = service.server.health_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Check(health_pb2.HealthCheckRequest(service="x" * 3_000_000), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            name = "y" * (PROBE_MAX_MESSAGE_BYTES + 1)
+            await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in watch:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert await health_status(port, "") == SERVING  # probes still answered
+    with pytest.raises(RuntimeError):  # grpcio raises when it cannot bind
+        Health().probe_server(f"127.0.0.1:{port}", handshake_timeout_ms=1000)
+
+
 async def until_health(port: int, service: str, status: int, timeout: float = 10.0) -> None:
     """Poll the health service until `service` reports `status`, at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
