@@ -194,6 +194,19 @@ KMS_ERROR_TABLE: dict[str, tuple[KmsErrorRule, ...]] = {
     ),
     # Common Errors: "The input fails to satisfy the constraints specified by an AWS service."
     "ValidationException": (KmsErrorRule(InvalidArgument, "KMS_VALIDATION", False),),
+    # botocore model, InvalidMarkerException: "The request was rejected because the marker
+    # that specifies where pagination should next begin is not valid." (listed for every
+    # other KMS operation that takes a Marker; ListKeyPolicies takes one too). The only
+    # Marker the service sends is ListKeyPolicies's, from the caller's page_token, which
+    # is unsigned and can be forged: the caller's to fix, by listing from the first page.
+    "InvalidMarkerException": (
+        KmsErrorRule(
+            InvalidArgument,
+            "INVALID_PAGE_TOKEN",
+            False,
+            operations=frozenset({"ListKeyPolicies"}),
+        ),
+    ),
     # API Reference, PutKeyPolicy: the policy exceeds the 32 KB limit, which cannot be
     # raised, so it is a bad request and never retried. Elsewhere it is a quota.
     "LimitExceededException": (

@@ -1,14 +1,23 @@
-"""ListKeyPolicies page tokens: KMS's marker, bound to the key it was issued for."""
+"""ListKeyPolicies page tokens: KMS's marker, bound to the key it was issued for.
+
+A token is base64 JSON ``{"k": key ARN, "m": KMS Marker}`` and is not signed (signing
+would need a key shared by every replica), so a caller can forge one with any marker.
+The marker is therefore checked against KMS's own constraints before it is sent.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
 
 from kms_policy_service.errors import FieldViolation, InvalidArgument
 
 MAX_PAGE_SIZE = 1000  # botocore model, LimitType
+# botocore model, MarkerType: min 1, max 1024, pattern [\u0020-\u00FF]*
+MAX_MARKER_CHARS = 1024
+_MARKER = re.compile(r"[\u0020-\u00FF]+")
 
 
 def _invalid(field: str, message: str, reason: str) -> InvalidArgument:
@@ -34,7 +43,8 @@ def encode_page_token(key_arn: str, marker: str) -> str:
 
 
 def decode_page_token(token: str, key_arn: str) -> str:
-    """KMS's marker inside `token`; refused unless this service issued it for `key_arn`."""
+    """KMS's marker inside `token`; refused unless it decodes, names `key_arn`, and holds a
+    marker within KMS's MarkerType (tokens are not signed: a forged one may hold anything)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
@@ -45,4 +55,11 @@ def decode_page_token(token: str, key_arn: str) -> str:
         ) from exc
     if owner != key_arn or not isinstance(marker, str):
         raise _invalid("page_token", "page_token belongs to another key", "INVALID_PAGE_TOKEN")
+    if len(marker) > MAX_MARKER_CHARS or not _MARKER.fullmatch(marker):
+        raise _invalid(
+            "page_token",
+            "page_token holds a marker KMS would refuse (KMS markers are 1 to 1024 "
+            "characters U+0020..U+00FF); restart listing from the first page",
+            "INVALID_PAGE_TOKEN",
+        )
     return marker
