@@ -99,6 +99,11 @@ class KmsGateway:
         """The account a key identifier names: its ARN's, else the home account."""
         return account_of(key_id) or self._home_account
 
+    def sessions_per_caller(self, key_id: str) -> bool:
+        """Whether calls about `key_id` go out under each caller's own tagged session:
+        then one caller's answer must not be handed to another."""
+        return self._accounts.caller_session_tags and self._accounts.role_for(key_id) is not None
+
     def session_facts(self, key_id: str, ctx: RequestContext) -> dict[str, str]:
         """For audit records: the account, the role assumed there and the session's identity."""
         facts = {"account": self.account_of(key_id)}

@@ -20,37 +20,57 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from kms_policy_service.errors import DeadlineExceeded
+from kms_policy_service.errors import DeadlineExceeded, ResourceExhausted
 
 T = TypeVar("T")
-Slot = tuple[str, str]
+Slot = tuple[str, ...]
+# Errors a leader's fetch ends with that say nothing about KMS's answer, only about
+# the leader's call: its deadline, and its own rate buckets (which name the caller).
+LEADERS_OWN = (DeadlineExceeded, ResourceExhausted)
 
 
 class SingleFlight(Generic[T]):
-    """Concurrent calls for one slot share one fetch, run in the first caller's own task."""
+    """Concurrent calls for one slot share one fetch, run in the first caller's own task.
+
+    A follower takes the leader's answer, or an error about KMS, but not an error that
+    is the leader's own (its deadline, its rate buckets, its cancellation): then the
+    follower fetches again under its own context. A follower waits no longer than its
+    own deadline.
+    """
 
     def __init__(self) -> None:
         self._in_flight: dict[Slot, asyncio.Future[T]] = {}
 
-    async def read(self, a: str, b: str, fetch: Callable[[], Awaitable[T]]) -> T:
-        slot = (a, b)
+    async def read(
+        self, slot: Slot, fetch: Callable[[], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
         while True:
             shared = self._in_flight.get(slot)
             if shared is None:
                 return await self._lead(slot, fetch)
             try:
                 # shield: a follower giving up must not cancel the leader's fetch.
-                return await asyncio.shield(shared)
+                async with asyncio.timeout(
+                    None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                ):
+                    return await asyncio.shield(shared)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    "the call's deadline ran out waiting for a KMS read in flight"
+                ) from None
             except asyncio.CancelledError:
                 if not shared.cancelled():
                     raise  # this follower was cancelled
                 # the leader's caller gave up: fetch again, under our own deadline
-            except DeadlineExceeded:
-                pass  # the leader's deadline, not ours: fetch again under our own
+            except LEADERS_OWN:
+                pass  # the leader's deadline or buckets, not ours: fetch again under ours
 
-    def forget(self, a: str, b: str) -> None:
+    def slots(self) -> list[Slot]:
+        return list(self._in_flight)
+
+    def forget(self, slot: Slot) -> None:
         """Later calls for the slot start a fetch of their own (those joined keep theirs)."""
-        self._in_flight.pop((a, b), None)
+        self._in_flight.pop(slot, None)
 
     async def _lead(self, slot: Slot, fetch: Callable[[], Awaitable[T]]) -> T:
         shared: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -79,16 +99,30 @@ class PolicyReads:
         self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
         self._writes = 0  # invalidations so far: a fetch that saw one begin is not cached
 
-    async def read(self, key_arn: str, name: str, fetch: Callable[[], Awaitable[str]]) -> str:
-        """The policy of (key_arn, name): cached, joined to a read in flight, or fetched."""
-        slot = (key_arn, name)
-        if self._ttl > 0:
+    async def read(
+        self,
+        key_arn: str,
+        name: str,
+        fetch: Callable[[], Awaitable[str]],
+        *,
+        caller: str = "",
+        deadline: float | None = None,
+    ) -> str:
+        """The policy of (key_arn, name): cached, joined to a read in flight, or fetched.
+
+        `caller` is set when the fetch goes out under the caller's own session: its
+        answer is then that caller's alone (another caller's session may be refused),
+        shared only with its own concurrent reads and never cached.
+        """
+        slot = (key_arn, name, caller)
+        cached = self._ttl > 0 and not caller
+        if cached:
             hit = self._cache.get(slot)
             if hit is not None and hit[0] > time.monotonic():
                 return hit[1]
         writes = self._writes
-        policy = await self._flight.read(key_arn, name, fetch)
-        if self._ttl > 0 and writes == self._writes:
+        policy = await self._flight.read(slot, fetch, deadline=deadline)
+        if cached and writes == self._writes:
             self._cache[slot] = (time.monotonic() + self._ttl, policy)
             self._cache.move_to_end(slot)
             while len(self._cache) > self._max_entries:
@@ -98,5 +132,7 @@ class PolicyReads:
     def invalidate(self, key_arn: str, name: str) -> None:
         """A write through this replica: no later read is answered from before it."""
         self._writes += 1
-        self._cache.pop((key_arn, name), None)
-        self._flight.forget(key_arn, name)
+        self._cache.pop((key_arn, name, ""), None)
+        # calls in flight are few (bounded by the RPCs in flight)
+        for slot in [s for s in self._flight.slots() if s[0] == key_arn and s[1] == name]:
+            self._flight.forget(slot)

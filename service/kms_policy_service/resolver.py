@@ -31,6 +31,7 @@ from kms_policy_service.validation import KeyRef, check_key_scope
 log = logging.getLogger(__name__)
 REFRESH_FROM, REFRESH_TO = 0.5, 0.9  # of the TTL: when an entry in use is refreshed
 REFRESH_DEADLINE_SECONDS = 5.0  # a background refresh's own deadline
+CacheKey = tuple[str, str, str]  # (region, identifier, caller or "" when shared)
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,10 @@ class KeyResolver:
         self._max_entries = max_entries
         self._clock = clock
         self._uniform = uniform
-        # (region, identifier) -> (expires, refresh after, resolution)
-        self._cache: OrderedDict[tuple[str, str], tuple[float, float, ResolvedKey]] = OrderedDict()
+        # (region, identifier, caller or "") -> (expires, refresh after, resolution)
+        self._cache: OrderedDict[CacheKey, tuple[float, float, ResolvedKey]] = OrderedDict()
         self._describe: SingleFlight[KeyMetadata] = SingleFlight()
-        self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._refreshing: dict[CacheKey, asyncio.Task[None]] = {}
 
     def names_of(self, ref: KeyRef) -> tuple[str, ...]:
         """The names authorization rules may match for `ref` (see KeyRef.names_at_home)."""
@@ -87,7 +88,9 @@ class KeyResolver:
 
     async def resolve(self, ref: KeyRef, ctx: RequestContext) -> ResolvedKey:
         region = self.region_of(ref)
-        cache_key = (region, ref.raw)
+        # Under the caller's own tagged session, the caller's answer is its own.
+        who = ctx.caller if self._gateway.sessions_per_caller(ref.raw) else ""
+        cache_key = (region, ref.raw, who)
         now = self._clock()
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now:
@@ -101,13 +104,13 @@ class KeyResolver:
         while self._refreshing:
             await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
 
-    async def _resolve(
-        self, cache_key: tuple[str, str], ref: KeyRef, ctx: RequestContext
-    ) -> ResolvedKey:
+    async def _resolve(self, cache_key: CacheKey, ref: KeyRef, ctx: RequestContext) -> ResolvedKey:
         region = cache_key[0]
         # Concurrent misses for one key share one DescribeKey (a cold start under load).
         metadata = await self._describe.read(
-            region, ref.raw, lambda: self._gateway.describe_key(ref.raw, region=region, ctx=ctx)
+            cache_key,
+            lambda: self._gateway.describe_key(ref.raw, region=region, ctx=ctx),
+            deadline=ctx.deadline,
         )
         account = ref.account or self._account
         if f":{account}:" not in metadata.arn:
@@ -129,7 +132,7 @@ class KeyResolver:
                 self._cache.popitem(last=False)
         return resolved
 
-    def _refresh_ahead(self, cache_key: tuple[str, str], ref: KeyRef, ctx: RequestContext) -> None:
+    def _refresh_ahead(self, cache_key: CacheKey, ref: KeyRef, ctx: RequestContext) -> None:
         # At most one per entry, so bounded by --key-cache-max-entries (and KMS calls by
         # the gateway's own bounds).
         if cache_key in self._refreshing:

@@ -119,6 +119,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 key.arn,
                 name,
                 lambda: self._gateway.get_key_policy(key.arn, name, region=key.region, ctx=ctx),
+                caller=ctx.caller if self._gateway.sessions_per_caller(key.arn) else "",
+                deadline=ctx.deadline,
             )
             return pb.GetKeyPolicyResponse(
                 key_arn=key.arn, policy_name=name, policy=policy, etag=policy_etag(policy)
