@@ -474,7 +474,13 @@ class PutAudit:
 
     def __init__(self, log: AuditLog | None, **fields: Any) -> None:
         self._log = log
-        self._fields: dict[str, Any] = {"action": "PutKeyPolicy", **fields}
+        # put_id ties this Put's records together: the request id is the caller's to
+        # choose, so two Puts (or a forger) may share one.
+        self._fields: dict[str, Any] = {
+            "action": "PutKeyPolicy",
+            "put_id": os.urandom(12).hex(),
+            **fields,
+        }
         self.state = "opened"
         self.authorized = False
 
@@ -533,7 +539,7 @@ class PutAudit:
     async def settled(self, outcome: str, message: str) -> None:
         self.state = "done"
         if self._log is not None:
-            keep = ("request_id", "caller", "action", "key_arn", "policy_name")
+            keep = ("put_id", "request_id", "caller", "action", "key_arn", "policy_name")
             await self._log.record(
                 {
                     **{k: self._fields.get(k, "") for k in keep},

@@ -71,6 +71,23 @@ async def test_a_successful_put_writes_intent_then_outcome_with_everything_neede
         assert r["time"].endswith("Z")
     assert "outcome" not in intent
     assert (outcome["outcome"], outcome["reason"]) == ("OK", "")
+    assert len(intent["put_id"]) == 24 and outcome["put_id"] == intent["put_id"]
+
+
+async def test_two_puts_with_one_request_id_are_told_apart_by_put_id(
+    service: RunningService, key: dict[str, Any], audit_path: Path
+) -> None:
+    """The request id is the caller's to choose: the service's own id ties records."""
+    for sid in ("First", "Second"):
+        extra = [{**DECRYPT, "Sid": sid}]
+        await service.stub.PutKeyPolicy(
+            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=extra)),
+            metadata=(("x-request-id", "same"),),
+        )
+    written = records(audit_path)
+    assert [r["request_id"] for r in written] == ["same"] * 4
+    first, second = {r["put_id"] for r in written[:2]}, {r["put_id"] for r in written[2:]}
+    assert len(first) == len(second) == 1 and first != second
 
 
 async def test_the_intent_is_on_disk_before_kms_is_called(

@@ -48,6 +48,7 @@ async def test_a_put_applied_whose_answers_are_lost_is_settled_by_reading_back_a
     phases = [(r["phase"], r.get("outcome")) for r in records(audit_path)]
     assert phases == [("intent", None), ("unknown", "UNKNOWN"), ("settled", "APPLIED")]
     assert records(audit_path)[2]["new_etag"] == reply.etag
+    assert len({r["put_id"] for r in records(audit_path)}) == 1  # one Put's three records
 
 
 async def test_a_put_whose_deadline_ran_out_at_kms_is_unknown_then_settled_not_applied(
