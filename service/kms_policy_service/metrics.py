@@ -6,8 +6,13 @@ Names follow what operators already chart: go-grpc-prometheus for the server sid
 
 from __future__ import annotations
 
+import logging
 import platform
+import socket
+import socketserver
+import threading
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     REGISTRY,
@@ -15,8 +20,19 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
+
+log = logging.getLogger(__name__)
+
+# The /metrics listener is one thread per connection (prometheus_client's own server).
+# Without a socket timeout a client that sends half a request holds its thread forever,
+# so a few hundred such connections exhaust the process (slowloris). A scraper sends
+# its whole request at once, and Prometheus's default scrape timeout is 10 s: a read
+# or write idle for longer is not a scrape. Connections beyond the bound are closed
+# unserved, so held ones cannot grow the thread count without limit either.
+METRICS_REQUEST_TIMEOUT_SECONDS = 10.0  # socket inactivity, per read or write
+METRICS_MAX_CONNECTIONS = 64  # connections (threads) served at once
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -134,6 +150,12 @@ policy_refusals_total = Counter(
 build_info = Gauge(
     "kms_policy_service_build_info", "Build information (always 1).", ("version", "python")
 )
+metrics_listener_refusals_total = Counter(
+    "kms_policy_metrics_listener_refusals_total",
+    "Connections to the /metrics listener closed unserved, by reason: timeout (idle longer "
+    "than METRICS_REQUEST_TIMEOUT_SECONDS), too_many (over METRICS_MAX_CONNECTIONS at once).",
+    ("reason",),
+)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -158,7 +180,82 @@ def set_build_info(version: str) -> None:
     build_info.labels(version=version, python=platform.python_version()).set(1)
 
 
-def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> Any:
-    """Start the /metrics HTTP listener on its own thread; returns the server to shut down."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+class _MetricsRequestHandler(WSGIRequestHandler):
+    """prometheus_client's WSGI handler, with its server's socket timeout; logs nothing."""
+
+    server: _MetricsServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # every read and write
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:  # idle past the timeout: half a request, or not reading
+            child(metrics_listener_refusals_total, "timeout").inc()
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing (one line per scrape)."""
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most `max_connections` of them; more are closed."""
+
+    # listen() backlog: socketserver's 5 drops the SYNs of a burst of connections while the
+    # accept thread waits for the GIL (each dropped one waits a 1 s retransmit).
+    request_queue_size = METRICS_MAX_CONNECTIONS
+
+    def __init__(
+        self, address: tuple[str, int], family: int, request_timeout: float, max_connections: int
+    ) -> None:
+        self.address_family = family
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _MetricsRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            child(metrics_listener_refusals_total, "too_many").inc()
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(
+                target=self.process_request_thread,
+                args=(request, client_address),
+                name="metrics-request",
+                daemon=True,
+            ).start()
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; stderr is the JSON log.
+        log.debug("metrics request failed", extra={"peer": str(client_address)}, exc_info=True)
+
+
+def serve(
+    host: str,
+    port: int,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    request_timeout: float = METRICS_REQUEST_TIMEOUT_SECONDS,
+    max_connections: int = METRICS_MAX_CONNECTIONS,
+) -> Any:
+    """Start the /metrics HTTP listener on its own thread; returns the server to shut down
+    (`shutdown()`, then `server_close()`)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    server = _MetricsServer((str(sockaddr[0]), port), family, request_timeout, max_connections)
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics-listener", daemon=True).start()
     return server
