@@ -386,6 +386,25 @@ OPTIONS: tuple[Option, ...] = (
         "HOST:PORT serving only grpc.health.v1, for kubelet probes on the pod IP (default off)",
     ),
     Option(
+        "--health-max-connections",
+        "health_max_connections",
+        "connections the --health-listen listener holds at once, also its RPCs at once "
+        "(default 256)",
+        int,
+    ),
+    Option(
+        "--metrics-max-connections",
+        "metrics_max_connections",
+        "connections the --metrics-listen listener serves at once; more are closed (default 64)",
+        int,
+    ),
+    Option(
+        "--metrics-request-timeout",
+        "metrics_request_timeout",
+        "seconds a --metrics-listen connection may sit idle in a read or write (default 10)",
+        float,
+    ),
+    Option(
         "--kms-canary-key",
         "kms_canary_key",
         "key to DescribeKey periodically; reported as health service "

@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 
 # The probe listener's bounds. A HealthCheckRequest is a service name: 1 KiB is ample.
 PROBE_MAX_MESSAGE_BYTES = 1024
-PROBE_MAX_CONNECTIONS = 256
 PROBE_MAX_STREAMS_PER_CONNECTION = 4
-PROBE_MAX_CONCURRENT_RPCS = 256
 PROBE_MAX_CONNECTION_IDLE_MS = 10_000  # kubelet dials a new connection per probe
 
 SERVICE_NAME = POLICY_SERVICE
@@ -79,7 +77,7 @@ class Health:
             await asyncio.sleep(interval)
 
     def probe_server(
-        self, address: str, *, handshake_timeout_ms: int
+        self, address: str, *, handshake_timeout_ms: int, max_connections: int
     ) -> tuple[grpc.aio.Server, int]:
         """A listener serving only grpc.health.v1 Check (kubelet probes dial the pod IP)."""
         server = grpc.aio.server(
@@ -87,11 +85,12 @@ class Health:
                 ("grpc.max_receive_message_length", PROBE_MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),  # a second instance on the port fails to start
                 ("grpc.max_concurrent_streams", PROBE_MAX_STREAMS_PER_CONNECTION),
-                ("grpc.max_allowed_incoming_connections", PROBE_MAX_CONNECTIONS),
+                ("grpc.max_allowed_incoming_connections", max_connections),
                 ("grpc.server_handshake_timeout_ms", handshake_timeout_ms),
                 ("grpc.max_connection_idle_ms", PROBE_MAX_CONNECTION_IDLE_MS),
             ],
-            maximum_concurrent_rpcs=PROBE_MAX_CONCURRENT_RPCS,
+            # a Check is short: as many at once as connections, no more
+            maximum_concurrent_rpcs=max_connections,
         )
         health_pb2_grpc.add_HealthServicer_to_server(_CheckOnly(self.servicer), server)
         port = server.add_insecure_port(address)

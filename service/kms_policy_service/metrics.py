@@ -23,6 +23,11 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from kms_policy_service.settings import (
+    DEFAULT_METRICS_MAX_CONNECTIONS,
+    DEFAULT_METRICS_REQUEST_TIMEOUT_SECONDS,
+)
+
 log = logging.getLogger(__name__)
 
 # The /metrics listener is one thread per connection (prometheus_client's own server).
@@ -31,8 +36,9 @@ log = logging.getLogger(__name__)
 # its whole request at once, and Prometheus's default scrape timeout is 10 s: a read
 # or write idle for longer is not a scrape. Connections beyond the bound are closed
 # unserved, so held ones cannot grow the thread count without limit either.
-METRICS_REQUEST_TIMEOUT_SECONDS = 10.0  # socket inactivity, per read or write
-METRICS_MAX_CONNECTIONS = 64  # connections (threads) served at once
+# socket inactivity, per read or write; connections (threads) served at once
+METRICS_REQUEST_TIMEOUT_SECONDS = DEFAULT_METRICS_REQUEST_TIMEOUT_SECONDS
+METRICS_MAX_CONNECTIONS = DEFAULT_METRICS_MAX_CONNECTIONS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")

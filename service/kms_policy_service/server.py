@@ -200,7 +200,9 @@ class Server:
     async def _start_side_listeners(self, settings: Settings) -> None:
         if settings.health_listen:
             self._probe_server, self.health_port = self.health.probe_server(
-                settings.health_listen, handshake_timeout_ms=_ms(settings.handshake_timeout)
+                settings.health_listen,
+                handshake_timeout_ms=_ms(settings.handshake_timeout),
+                max_connections=settings.health_max_connections,
             )
             await self._probe_server.start()
             log.info(
@@ -209,7 +211,12 @@ class Server:
             )
         if settings.metrics_listen:
             host, port = split_host_port(settings.metrics_listen)
-            httpd = metrics.serve(host, port)
+            httpd = metrics.serve(
+                host,
+                port,
+                request_timeout=settings.metrics_request_timeout,
+                max_connections=settings.metrics_max_connections,
+            )
             self.metrics_port = int(httpd.server_address[1])
             log.info(
                 "metrics listener",

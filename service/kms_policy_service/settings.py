@@ -82,6 +82,9 @@ DEFAULT_MAX_DEADLINE_SECONDS = 30.0  # longer caller deadlines are cut to this
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 512  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
 DEFAULT_MAX_CONNECTIONS = 1024  # open client connections (~20 KB each before any call)
 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 5.0  # for a new connection's TLS and HTTP/2 handshake
+DEFAULT_METRICS_MAX_CONNECTIONS = 64  # /metrics connections (one thread each) at once
+DEFAULT_METRICS_REQUEST_TIMEOUT_SECONDS = 10.0  # a /metrics socket idle, per read or write
+DEFAULT_HEALTH_MAX_CONNECTIONS = 256  # probe-listener connections (kubelet dials per probe)
 DEFAULT_MAX_CONNECTION_IDLE_SECONDS = 300.0
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1800.0  # then GOAWAY; clients reconnect transparently
 DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 35.0  # > --max-deadline: calls in progress finish
@@ -168,6 +171,9 @@ class Settings:
     audit_unauthorized_policy_bytes: int = DEFAULT_UNAUTHORIZED_POLICY_BYTES
     metrics_listen: str | None = None  # HOST:PORT for /metrics; None: off
     health_listen: str | None = None  # HOST:PORT serving only grpc.health.v1
+    health_max_connections: int = DEFAULT_HEALTH_MAX_CONNECTIONS
+    metrics_max_connections: int = DEFAULT_METRICS_MAX_CONNECTIONS
+    metrics_request_timeout: float = DEFAULT_METRICS_REQUEST_TIMEOUT_SECONDS
     kms_canary_key: str | None = None
     kms_canary_interval: float = DEFAULT_CANARY_INTERVAL_SECONDS
     # Member accounts: account -> the role assumed there (accounts.py)
@@ -199,6 +205,7 @@ class Settings:
             "max_connection_idle",
             "max_connection_age",
             "handshake_timeout",
+            "metrics_request_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
@@ -222,8 +229,10 @@ class Settings:
             raise SettingsError("max_findings must be >= 1")
         if self.max_rpcs_per_caller < 1:
             raise SettingsError("max_rpcs_per_caller must be >= 1")
-        if self.max_connections < 1:
-            raise SettingsError("max_connections must be >= 1")
+        if min(self.max_connections, self.health_max_connections, self.metrics_max_connections) < 1:
+            raise SettingsError(
+                "max_connections, health_max_connections and metrics_max_connections must be >= 1"
+            )
         if self.max_streams_per_connection < 1 or self.max_connection_age_grace < 0:
             raise SettingsError(
                 "max_streams_per_connection must be >= 1, max_connection_age_grace >= 0"

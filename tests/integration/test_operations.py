@@ -135,7 +135,39 @@ async def test_the_health_listener_is_bounded_and_serves_check_only(
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert await health_status(port, "") == SERVING  # probes still answered
     with pytest.raises(RuntimeError):  # grpcio raises when it cannot bind
-        Health().probe_server(f"127.0.0.1:{port}", handshake_timeout_ms=1000)
+        Health().probe_server(f"127.0.0.1:{port}", handshake_timeout_ms=1000, max_connections=4)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"metrics_max_connections": 1}], indirect=True)
+async def test_the_metrics_listener_serves_at_most_its_flags_connections(
+    service: RunningService,
+) -> None:
+    import socket
+
+    from tests.unit.test_metrics_listener import HALF_REQUEST, closed_by_server, refusals
+
+    port = service.server.metrics_port
+    before = refusals("too_many")
+    held = socket.create_connection(("127.0.0.1", port))
+    try:
+        held.sendall(HALF_REQUEST)  # holds the one connection the flag allows
+        extra = socket.create_connection(("127.0.0.1", port))
+        try:
+            await until(lambda: closed_by_server(extra), what="the second connection closed")
+        finally:
+            extra.close()
+        assert refusals("too_many") == before + 1
+        assert not closed_by_server(held)
+    finally:
+        held.close()
+    await until(lambda: _scrapes(port), what="scrapes served again")
+
+
+def _scrapes(port: int) -> bool:
+    try:
+        return "kms_policy_service_build_info" in scrape(port)
+    except OSError:
+        return False
 
 
 async def until_health(port: int, service: str, status: int, timeout: float = 10.0) -> None:
