@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kms_policy_service.validation.keys import account_of
+from kms_policy_service.validation.keys import ACCOUNT_ID_RE, account_of
 
 SESSION_NAME = "kms-policy-service"  # RoleSessionName: CloudTrail names the service by it
 CALLER_TAG = "kms-policy-service:caller"  # session tag key carrying the caller's identity
@@ -26,10 +26,10 @@ _TAG_VALUE = re.compile(r"(?:[^\W_]|[ _.:/=+\-@])+")
 CALLER_IDENTITY_TOO_LONG = "CallerIdentityTooLong"
 CALLER_IDENTITY_NOT_TAGGABLE = "CallerIdentityNotTaggable"
 
-ACCOUNT_RE = re.compile(r"\d{12}")
 ROLE_ARN_RE = re.compile(
-    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):"
-    r"role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})"
+    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>[0-9]{12}):"
+    r"role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})",
+    re.ASCII,  # IAM names are ASCII; \w would also take other scripts' letters
 )
 
 
@@ -49,7 +49,7 @@ def parse_account_roles(values: list[str]) -> dict[str, str]:
 def check_account_roles(roles: Mapping[str, str]) -> None:
     """Raise ValueError unless every entry is a 12-digit account and a role ARN in it."""
     for account, role in roles.items():
-        if not ACCOUNT_RE.fullmatch(account):
+        if not ACCOUNT_ID_RE.fullmatch(account):
             raise ValueError(f"{account!r} is not a 12-digit AWS account ID")
         m = ROLE_ARN_RE.fullmatch(role)
         if not m:

@@ -55,6 +55,8 @@ def test_account_roles_come_from_repeated_flags_or_one_comma_separated_variable(
     [
         "222222222222",  # no role
         "22222=arn:aws:iam::22222:role/x",  # not 12 digits
+        "\u0662" * 12 + "=arn:aws:iam::" + "\u0662" * 12 + ":role/x",  # non-ASCII digits
+        "222222222222=arn:aws:iam::222222222222:role/r\u00f4le",  # IAM names are ASCII
         "222222222222=arn:aws:iam::333333333333:role/x",  # the role is in another account
         "222222222222=arn:aws:iam::222222222222:user/x",  # not a role
     ],

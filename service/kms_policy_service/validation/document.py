@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kms_policy_service.validation.findings import Finding
+from kms_policy_service.validation.keys import ACCOUNT_ID_RE
 from kms_policy_service.validation.wildcards import WildcardTexts
 
 MAX_POLICY_BYTES = 32_768  # KMS quota "Key policy document size", cannot be raised
@@ -44,7 +45,6 @@ _STATEMENT_KEYS = frozenset(
 _PRINCIPAL_TYPES = frozenset({"AWS", "Service", "Federated"})
 
 _PARTITION = r"aws|aws-cn|aws-us-gov"
-_ACCOUNT = re.compile(r"\d{12}")
 _IAM_PRINCIPAL = re.compile(
     rf"arn:(?:{_PARTITION}):iam::\d{{12}}:(?:root|(?:user|role)(?:/[\w+=,.@-]+)+)"
 )
@@ -523,7 +523,7 @@ def _principal_ok(kind: str, principal: str) -> bool:
     if kind == "AWS":
         return (
             principal == "*"
-            or bool(_ACCOUNT.fullmatch(principal))
+            or bool(ACCOUNT_ID_RE.fullmatch(principal))
             or bool(_IAM_PRINCIPAL.fullmatch(principal))
             or bool(_STS_PRINCIPAL.fullmatch(principal))
         )
@@ -690,7 +690,7 @@ def _warn_broad_allow(s: dict[str, Any], path: str) -> Iterator[Finding]:
         broad = [
             p
             for p in principals
-            if p != "*" and not _ACCOUNT.fullmatch(p) and not p.endswith(":root")
+            if p != "*" and not ACCOUNT_ID_RE.fullmatch(p) and not p.endswith(":root")
         ]
         if broad:
             yield Finding.warning(

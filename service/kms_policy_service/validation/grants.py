@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kms_policy_service.validation.document import KMS_ACTIONS, as_list, iter_statements
+from kms_policy_service.validation.keys import ACCOUNT_ID_RE
 from kms_policy_service.validation.wildcards import WildcardTexts
 
 ALL_KMS_ACTIONS = frozenset(f"kms:{a}".lower() for a in KMS_ACTIONS)
 _ACTION_TEXTS = WildcardTexts(sorted(ALL_KMS_ACTIONS), ignore_case=True)
-_ACCOUNT = re.compile(r"\d{12}")
 _ARN_ACCOUNT = re.compile(r"arn:[\w-]+:(?:iam|sts)::(\d{12}):.+", re.DOTALL)
 
 
@@ -36,7 +36,7 @@ class Principal:
         and services."""
         if self.kind == "Service":
             return None
-        if _ACCOUNT.fullmatch(self.value):
+        if ACCOUNT_ID_RE.fullmatch(self.value):
             return self.value
         m = _ARN_ACCOUNT.fullmatch(self.value)
         return m[1] if m else None
@@ -44,7 +44,7 @@ class Principal:
     @property
     def canonical(self) -> str:
         """`123456789012` and `arn:aws:iam::123456789012:root` name the same principal."""
-        if self.kind == "AWS" and _ACCOUNT.fullmatch(self.value):
+        if self.kind == "AWS" and ACCOUNT_ID_RE.fullmatch(self.value):
             return f"arn:aws:iam::{self.value}:root"
         return self.value
 

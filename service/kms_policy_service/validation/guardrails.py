@@ -23,6 +23,7 @@ from typing import Any
 
 from kms_policy_service.validation.findings import Finding
 from kms_policy_service.validation.grants import Grant, Principal, actions_matched, grants
+from kms_policy_service.validation.keys import ACCOUNT_ID_RE
 
 NAMES = (
     "principal_accounts",
@@ -38,7 +39,6 @@ PUBLIC_MODES = ("conditional", "deny")
 # under plain StringEquals (IfExists and ForAllValues pass when the key is absent).
 ACCOUNT_CONDITION_KEYS = ("kms:calleraccount", "aws:principalaccount", "aws:sourceaccount")
 ORG_CONDITION_KEY = "aws:principalorgid"
-_ACCOUNT = re.compile(r"\d{12}")
 _ORG = re.compile(r"o-[a-z0-9]{10,32}")
 
 
@@ -356,7 +356,7 @@ def _accounts(value: Any, where: str) -> tuple[str, ...]:
         raise GuardrailsError(f'{where}: quote account IDs ("012345678901"): YAML reads numbers')
     accounts = _strings(value, where, empty=True)
     for a in accounts:
-        if not _ACCOUNT.fullmatch(a):
+        if not ACCOUNT_ID_RE.fullmatch(a):
             raise GuardrailsError(f"{where}: {a!r} is not a 12-digit account ID")
     return accounts
 

@@ -30,7 +30,9 @@ KEY_ARN_RE = re.compile(_ARN_PREFIX + r"key/(?P<id>" + _KEY_ID + ")")
 ALIAS_ARN_RE = re.compile(_ARN_PREFIX + r"(?P<id>" + _ALIAS + ")")
 
 
-_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>\d{12}):")
+# An AWS account ID: twelve ASCII digits (`\d` would also take other scripts' digits).
+ACCOUNT_ID_RE = re.compile(r"[0-9]{12}")
+_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:kms:[a-z0-9-]+:(?P<account>[0-9]{12}):")
 
 
 def account_of(key_id: str) -> str | None:

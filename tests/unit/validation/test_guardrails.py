@@ -130,6 +130,13 @@ def test_public_conditional_needs_a_condition_that_restricts(
     assert refused is not accepted
 
 
+def test_an_account_id_is_twelve_ascii_digits() -> None:
+    Guardrails.parse('principal_accounts: ["222222222222"]')
+    for bad in ("22222222222", "\u0662" * 12, "\uff12" * 12):
+        with pytest.raises(GuardrailsError, match="not a 12-digit account ID"):
+            Guardrails.parse(f'principal_accounts: ["{bad}"]')
+
+
 def test_the_file_names_an_unknown_key_and_a_bad_mode() -> None:
     with pytest.raises(GuardrailsError, match="unknown key 'deny'"):
         Guardrails.parse("deny: [everything]")
