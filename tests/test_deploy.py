@@ -34,6 +34,7 @@ from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
 from tests.support import podman
 from tests.support.certs import CertAuthority
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -396,7 +397,7 @@ def _aws_pod(manifest: Path) -> Iterator[Aws]:
         (pod,) = podman.kube_play(manifest)
         endpoint = f"http://{pod.ip()}:{AWS_PORT}"
         client = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1")
-        podman.wait_for(lambda: client.list_keys(), 60, "moto in its pod", interval=0.2)
+        wait_for(lambda: client.list_keys(), 60, "moto in its pod", interval=0.2)
         key = client.create_key(Description="kube play")["KeyMetadata"]["Arn"]
         yield Aws(endpoint, key)
     finally:
@@ -519,7 +520,7 @@ def probe_targets_answer(c: dict[str, Any], ip: str) -> None:
         grpc_probe = c[probe]["grpc"]
         target = f"{ip}:{grpc_probe['port']}"
         service = grpc_probe.get("service", "")
-        podman.wait_for(
+        wait_for(
             lambda t=target, s=service: (
                 health_status(t, s) == health_pb2.HealthCheckResponse.SERVING
             ),
@@ -547,7 +548,7 @@ def served_record(container: str) -> dict[str, Any]:
                 return record
         return None
 
-    found: dict[str, Any] = podman.wait_for(serving, 60, f"{container} serving", interval=0.2)
+    found: dict[str, Any] = wait_for(serving, 60, f"{container} serving", interval=0.2)
     return found
 
 
@@ -698,7 +699,7 @@ def test_the_standalone_pod_serves_mtls_with_its_mounted_files_and_probes(
             assert anonymous_call_fails(ca.pem, ip, aws.key_arn)
             # --rate-limit-backend parsed: its Redis is not played, so after a call the
             # replica runs on its local fallback buckets.
-            podman.wait_for(
+            wait_for(
                 lambda ip=ip: "kms_policy_ratelimit_backend_degraded 1.0" in metrics_of(ip),
                 30,
                 "the degraded gauge",

@@ -30,7 +30,8 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
 from tests.support import podman
-from tests.support.podman import HARDENED, Container, wait_for
+from tests.support.podman import HARDENED, Container
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.image,

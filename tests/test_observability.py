@@ -26,8 +26,8 @@ from kms_policy_service.errors import KMS_ERROR_TABLE
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.conftest import policy_for
-from tests.support.podman import wait_for
 from tests.support.process import ServiceProcess, loopback_service
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "deploy" / "observability"

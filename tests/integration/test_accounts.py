@@ -22,6 +22,7 @@ from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import ACCOUNT, RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 MEMBER = "222222222222"
 OTHER_MEMBER = "333333333333"
@@ -298,11 +299,12 @@ async def test_concurrent_first_calls_share_one_assume_role_renewed_only_near_ex
     while time.monotonic() - started < 2.0:  # inside the session: no AssumeRole
         await get(service, meta["Arn"])
         assert len(assume_roles(faults)) == 1
-    deadline = time.monotonic() + 20
-    while len(assume_roles(faults)) < 2:
-        assert time.monotonic() < deadline, "the session was never renewed"
-        await get(service, meta["Arn"])
-        await asyncio.sleep(0.1)
+
+    async def renewed() -> bool:
+        await get(service, meta["Arn"])  # a call is what notices the session is due
+        return len(assume_roles(faults)) >= 2
+
+    await until(renewed, timeout=20, what="the session renewed", interval=0.1)
     # The renewed session (an hour) serves every later call.
     await asyncio.gather(*(get(service, meta["Arn"]) for _ in range(20)))
     assert len(assume_roles(faults)) == 2
@@ -481,15 +483,14 @@ async def test_the_kms_canary_may_name_a_member_accounts_key(
     service: RunningService, faults: KmsFaultInjector
 ) -> None:
     stub = health_pb2_grpc.HealthStub(service.channel)
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def canary_serving() -> bool:
         reply = await stub.Check(
             health_pb2.HealthCheckRequest(service="kmspolicy.v1.PolicyService/kms"), timeout=5
         )
-        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-            break
-        assert time.monotonic() < deadline, "the canary never succeeded"
-        await asyncio.sleep(0.05)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    await until(canary_serving, what="the canary to succeed")
     assert credentials_state(MEMBER) == 1  # set to -1 at start, 1 by the canary's AssumeRole
 
 

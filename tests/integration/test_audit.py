@@ -16,6 +16,7 @@ from tests.conftest import RunningService, policy_for
 from tests.support.audit_trail import DECRYPT, records
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -99,8 +100,8 @@ async def test_the_intent_is_on_disk_before_kms_is_called(
             pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT]))
         )
     )
-    while "PutKeyPolicy" not in faults.operations():  # KMS is holding the request now
-        await asyncio.sleep(0.01)
+    # KMS is holding the request now
+    await until(lambda: "PutKeyPolicy" in faults.operations(), what="the Put at KMS")
     assert [r["phase"] for r in records(audit_path)] == ["intent"]
     await put
     assert [r["phase"] for r in records(audit_path)] == ["intent", "outcome"]
@@ -114,6 +115,7 @@ async def test_a_kms_failure_is_recorded_as_the_outcome(
         await service.stub.PutKeyPolicy(
             pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for())
         )
+    # KMS answered: a failure, never UNKNOWN (no unknown or settled record follows).
     intent, outcome = records(audit_path)
     assert intent["phase"] == "intent"
     assert (outcome["phase"], outcome["outcome"], outcome["reason"]) == (

@@ -4,7 +4,6 @@ recorded as UNKNOWN, never as failed, and settled by reading the policy back."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tests.conftest import RunningService, policy_for
 from tests.support.audit_trail import DECRYPT, records
 from tests.support.kms_faults import KmsFaultInjector, Rule
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -28,14 +28,18 @@ def settings_overrides(audit_path: Path) -> dict[str, Any]:
     return {"audit_log": str(audit_path), "key_write_rate_limit": None}
 
 
+def settled_records(path: Path) -> list[dict[str, Any]]:
+    return [r for r in records(path) if r.get("phase") == "settled"]
+
+
+def applied_at_kms(kms: Any, key: dict[str, Any]) -> bool:
+    """The Put's statement is in the key's policy at moto (read around the service)."""
+    return "AppDecrypt" in kms.get_key_policy(KeyId=key["Arn"], PolicyName="default")["Policy"]
+
+
 async def settled(path: Path, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [r for r in records(path) if r.get("phase") == "settled"]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, records(path)
-        await asyncio.sleep(0.02)
+    await until(lambda: bool(settled_records(path)), timeout=timeout, what="a settled record")
+    return settled_records(path)[0]
 
 
 async def test_a_put_applied_whose_answers_are_lost_is_settled_by_reading_back_and_succeeds(
@@ -80,28 +84,14 @@ async def test_a_put_cancelled_by_its_caller_after_kms_applied_it_is_settled_app
     call = service.stub.PutKeyPolicy(
         pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT]))
     )
-    deadline = time.monotonic() + 10
     # KMS (moto) has applied it; its answer is held back by the injector.
-    while "AppDecrypt" not in kms.get_key_policy(KeyId=key["Arn"], PolicyName="default")["Policy"]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await until(lambda: applied_at_kms(kms, key), what="moto to apply the Put")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
     assert (await settled(audit_path))["outcome"] == "APPLIED"
     outcomes = [r.get("outcome") for r in records(audit_path) if r["phase"] != "intent"]
     assert outcomes == ["UNKNOWN", "APPLIED"]
-
-
-async def test_a_put_refused_by_kms_is_failed_not_unknown(
-    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], audit_path: Path
-) -> None:
-    faults.add(Rule("PutKeyPolicy", "error", "MalformedPolicyDocumentException"))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await service.stub.PutKeyPolicy(
-            pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for())
-        )
-    assert [r.get("outcome") for r in records(audit_path)] == [None, "INVALID_ARGUMENT"]
 
 
 async def test_a_put_cut_off_by_the_drain_grace_is_unknown_and_settled_before_exit(
@@ -123,12 +113,7 @@ async def test_a_put_cut_off_by_the_drain_grace_is_unknown_and_settled_before_ex
         call = pb_grpc.PolicyServiceStub(channel).PutKeyPolicy(
             pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy_for(extra=[DECRYPT]))
         )
-        deadline = time.monotonic() + 10
-        while (
-            "AppDecrypt" not in kms.get_key_policy(KeyId=key["Arn"], PolicyName="default")["Policy"]
-        ):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: applied_at_kms(kms, key), what="moto to apply the Put")
         await server.shutdown()  # the grace ends while KMS holds the answer
         with pytest.raises(grpc.aio.AioRpcError):
             await call

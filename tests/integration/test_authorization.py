@@ -16,6 +16,7 @@ from tests.conftest import ACCOUNT, RunningService, policy_for
 from tests.support.kms_faults import KmsFaultInjector
 from tests.support.process import ServiceProcess
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 READER = "spiffe://cluster.local/ns/payments/sa/reader"
 WRITER = "spiffe://cluster.local/ns/payments/sa/writer"
@@ -206,17 +207,15 @@ async def test_the_policy_reloads_on_change_and_a_broken_file_keeps_the_old_rule
     authz_file.write_text(
         f"rules:\n  - callers: ['{STRANGER}']\n    actions: ['GetKeyPolicy']\n    keys: ['*']\n"
     )
-    for _ in range(50):
-        if await outcome(service, STRANGER, "Get", keys["A"]) == OK:
-            break
-        await asyncio.sleep(0.05)
-    assert await outcome(service, STRANGER, "Get", keys["A"]) == OK
+
+    async def allowed() -> bool:
+        return await outcome(service, STRANGER, "Get", keys["A"]) == OK
+
+    await until(allowed, what="the changed policy reloaded", interval=0.05)
     failed_reloads = reloads("error")
     authz_file.write_text("rules: [this is not valid")
-    deadline = time.monotonic() + 10
-    while reloads("error") == failed_reloads:  # the watcher read the broken file
-        assert time.monotonic() < deadline, "the broken file was never read"
-        await asyncio.sleep(0.02)
+    # the watcher read the broken file
+    await until(lambda: reloads("error") != failed_reloads, what="the broken file read")
     assert await outcome(service, STRANGER, "Get", keys["A"]) == OK  # previous rules kept
 
 
@@ -330,10 +329,10 @@ async def test_sighup_reloads_the_policy(
                 await asyncio.sleep(0.02)
             assert proc.proc is not None
             proc.proc.send_signal(__import__("signal").SIGHUP)
-            for _ in range(50):
-                if await code() == OK:
-                    break
-                await asyncio.sleep(0.05)
-            assert await code() == OK
+
+            async def allowed() -> bool:
+                return await code() == OK
+
+            await until(allowed, what="SIGHUP to reload", interval=0.05)
     finally:
         proc.stop()

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import signal
-import time
 import urllib.request
 from typing import Any
 
@@ -172,10 +171,11 @@ def _scrapes(port: int) -> bool:
 
 async def until_health(port: int, service: str, status: int, timeout: float = 10.0) -> None:
     """Poll the health service until `service` reports `status`, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while (now := await health_status(port, service)) != status:
-        assert time.monotonic() < deadline, f"{service!r} stayed {now}, never {status}"
-        await asyncio.sleep(0.05)
+
+    async def reached() -> bool:
+        return await health_status(port, service) == status
+
+    await until(reached, timeout=timeout, what=f"{service!r} to report {status}", interval=0.05)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from tests.conftest import policy_for
 from tests.support.kms_faults import KmsFaultInjector
 from tests.support.process import ServiceProcess, loopback_service
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import until
 
 RATE = 10  # PutKeyPolicy per second, for both replicas together
 OFFERED = 5 * RATE
@@ -89,13 +90,13 @@ async def until_shared_again(
 ) -> None:
     """Send Puts through each degraded replica (a replica retries Redis only on a call)
     until every replica reports the shared limiter reachable again; bounded."""
-    deadline = time.monotonic() + 15
-    while waiting := [
-        stub
-        for replica, stub in zip(replicas, stubs, strict=True)
-        if await asyncio.to_thread(is_degraded, replica)
-    ]:
-        assert time.monotonic() < deadline, "a replica never found Redis again"
+
+    async def all_shared() -> bool:
+        waiting = [
+            stub
+            for replica, stub in zip(replicas, stubs, strict=True)
+            if await asyncio.to_thread(is_degraded, replica)
+        ]
         for stub in waiting:
             try:
                 await stub.PutKeyPolicy(
@@ -103,7 +104,9 @@ async def until_shared_again(
                 )
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-        await asyncio.sleep(0.1)
+        return not waiting
+
+    await until(all_shared, timeout=15, what="every replica to find Redis again", interval=0.1)
 
 
 async def until_bucket_full(redis_server: RedisServer) -> None:
@@ -111,14 +114,13 @@ async def until_bucket_full(redis_server: RedisServer) -> None:
     theoretical arrival time is not after Redis's clock."""
     client = aioredis.from_url(redis_server.url)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def full() -> bool:
             tat = await client.get(KEY_PREFIX + "operation:PutKeyPolicy")
             seconds, micros = await client.time()
-            if tat is None or float(tat) <= seconds * 1000 + micros / 1000:
-                return
-            assert time.monotonic() < deadline, "the shared bucket never refilled"
-            await asyncio.sleep(0.02)
+            return tat is None or float(tat) <= seconds * 1000 + micros / 1000
+
+        await until(full, what="the shared bucket to refill")
     finally:
         await client.aclose()
 
@@ -162,12 +164,14 @@ async def test_two_replicas_share_the_rate_survive_redis_loss_and_recover(
         recovered = await offer(stubs, key["Arn"], 3.0)
         assert set(recovered) <= {"OK", "RESOURCE_EXHAUSTED"}, recovered
         assert within(recovered["OK"], RATE * 3.0, tolerance=0.25), recovered
-        for _ in range(40):  # log records are written by a background thread
+
+        def logged_both() -> bool:  # log records are written by a background thread
             logs = [r.get("message", "") for p in replicas for r in p.drain_logs()]
-            if any("unreachable" in m for m in logs) and any("reachable again" in m for m in logs):
-                break
-            await asyncio.sleep(0.05)
-        assert any("unreachable" in m for m in logs) and any("reachable again" in m for m in logs)
+            return any("unreachable" in m for m in logs) and any(
+                "reachable again" in m for m in logs
+            )
+
+        await until(logged_both, timeout=2, what="the outage and recovery logged")
     finally:
         for c in channels:
             await c.close()

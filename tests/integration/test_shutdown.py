@@ -20,16 +20,15 @@ from tests.support.waiting import until
 
 async def until_draining(health_port: int, timeout: float = 10.0) -> None:
     """Poll the health listener until the service reports NOT_SERVING (it has begun to drain)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def draining() -> bool:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as ch:
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2
             )
-        if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            return
-        assert time.monotonic() < deadline, "the service never began to drain"
-        await asyncio.sleep(0.02)
+        return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    await until(draining, timeout=timeout, what="the service to begin draining")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -87,11 +86,13 @@ async def test_sighup_without_an_authz_policy_reloads_and_keeps_serving(
         assert proc.proc is not None
         audit.rename(tmp_path / "audit.log.1")  # logrotate, then its postrotate HUP
         proc.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while not audit.exists():  # reopened at the configured path
-            assert proc.proc.poll() is None, "SIGHUP killed the service"
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        running = proc.proc
+
+        def reopened() -> bool:  # at the configured path
+            assert running.poll() is None, "SIGHUP killed the service"
+            return audit.exists()
+
+        await until(reopened, what="the audit log reopened")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
             reply = await pb_grpc.PolicyServiceStub(channel).GetKeyPolicy(
                 pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10

@@ -420,22 +420,6 @@ class Container:
         podman("rm", "--force", "--time", "0", self.name, check=False)
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # not up yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-
-
 def parse_time(text: str) -> float:
     """podman's RFC 3339 times (nanoseconds) and the service's log times, as epoch seconds."""
     import datetime

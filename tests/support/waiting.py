@@ -1,4 +1,8 @@
-"""Waiting for a state in async tests: poll with a bounded wait, never sleep-then-assert."""
+"""Waiting for a state in tests: poll with a bounded wait, never sleep-then-assert.
+
+`until` for async tests (the condition may be a coroutine, and may act, e.g. send a
+call that nudges the service, before it checks); `wait_for` for synchronous ones.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 POLL_SECONDS = 0.02
 
@@ -15,6 +20,7 @@ async def until(
     *,
     timeout: float = 10.0,
     what: str = "the condition",
+    interval: float = POLL_SECONDS,
 ) -> None:
     """Return once `condition()` (sync or async) is true; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -25,4 +31,20 @@ async def until(
         if value:
             return
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(interval)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # not up yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")

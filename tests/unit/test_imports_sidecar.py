@@ -3,16 +3,7 @@ configuring either file still parses YAML."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-
-def loaded_by(statement: str) -> set[str]:
-    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
-    ).stdout
-    return set(out.split())
+from tests.unit.test_imports import loaded_by
 
 
 def test_the_authz_and_guardrails_modules_load_no_yaml_until_a_file_is_parsed() -> None:

@@ -15,16 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kms_policy_service import metrics
+from tests.support.waiting import wait_for
 
 HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # no blank line: never ends
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, what: str) -> None:
-    """Bounded poll for an observed state (never sleep-then-assert)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
 
 
 def request_threads() -> int:
@@ -76,7 +69,9 @@ def clients() -> Iterator[list[socket.socket]]:
     yield opened
     for sock in opened:
         sock.close()
-    wait_until(lambda: request_threads() == 0, what="the test's connection threads to end")
+    wait_for(
+        lambda: request_threads() == 0, 10, "the test's connection threads to end", interval=0.02
+    )
 
 
 def half_sent(port: int, clients: list[socket.socket]) -> socket.socket:
@@ -92,7 +87,7 @@ def test_a_scrape_is_served_while_half_sent_requests_hold_their_threads(
     server = listener(request_timeout=30.0)
     port = server.server_address[1]
     held = [half_sent(port, clients) for _ in range(30)]
-    wait_until(lambda: request_threads() == 30, what="the 30 held connections' threads")
+    wait_for(lambda: request_threads() == 30, 10, "the 30 held connections' threads", interval=0.02)
     assert "kms_policy_metrics_listener_refusals_total" in scrape(port)
     assert not any(closed_by_server(s) for s in held)
 
@@ -116,12 +111,12 @@ def test_half_sent_requests_are_closed_after_the_timeout_and_their_threads_end(
                 closed_at[sock] = time.monotonic()
         return len(closed_at) == len(connected)
 
-    wait_until(all_closed, what="the server to close the half-sent requests")
+    wait_for(all_closed, 10, "the server to close the half-sent requests", interval=0.02)
     early = [
         closed_at[s] - connected[s] for s in connected if closed_at[s] - connected[s] < timeout
     ]
     assert early == []  # closed by the timeout, not at once
-    wait_until(lambda: request_threads() == 0, what="their threads to end")
+    wait_for(lambda: request_threads() == 0, 10, "their threads to end", interval=0.02)
     assert refusals("timeout") - before == 30
     scrape(port)  # still serving
 
@@ -132,14 +127,16 @@ def test_connections_beyond_the_bound_are_closed_at_once_and_scrapes_resume(
     server = listener(request_timeout=30.0, max_connections=4)
     port = server.server_address[1]
     held = [half_sent(port, clients) for _ in range(4)]
-    wait_until(lambda: request_threads() == 4, what="the 4 held connections' threads")
+    wait_for(lambda: request_threads() == 4, 10, "the 4 held connections' threads", interval=0.02)
     before = refusals("too_many")
     extra = half_sent(port, clients)
-    wait_until(lambda: closed_by_server(extra), what="the 5th connection to be closed")
+    wait_for(lambda: closed_by_server(extra), 10, "the 5th connection to be closed", interval=0.02)
     assert refusals("too_many") - before == 1
     assert request_threads() == 4
     assert not any(closed_by_server(s) for s in held)
     for sock in held:
         sock.close()
-    wait_until(lambda: request_threads() == 0, what="the held connections' threads to end")
+    wait_for(
+        lambda: request_threads() == 0, 10, "the held connections' threads to end", interval=0.02
+    )
     scrape(port)
