@@ -3,8 +3,6 @@ in each account, and keys resolved in their own account (in-memory backend)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from kms_policy_service.accounts import (
@@ -19,11 +17,12 @@ from kms_policy_service.errors import InvalidArgument, PermissionDenied, Service
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
 from kms_policy_service.memory_kms import Fault, MemoryKms
 from kms_policy_service.ratelimit import NoLimit
-from kms_policy_service.request import RequestContext
 from kms_policy_service.resolver import KeyResolver
 from kms_policy_service.settings import SettingsError
 from kms_policy_service.validation import ServicePrincipal, parse_key_id
 from kms_policy_service.validation.lockout import ServicePrincipals
+from tests.unit.test_resolver import ctx
+from tests.unit.test_resolver import resolver as resolve_with
 
 MEMBER = "222222222222"
 ROLE = f"arn:aws:iam::{MEMBER}:role/ops/kms-policy-service"
@@ -101,29 +100,8 @@ def test_the_service_is_the_member_role_in_a_member_account_and_itself_elsewhere
     assert principals.for_key("arn:aws:kms:us-east-1:444444444444:key/x") is home
 
 
-def ctx() -> RequestContext:
-    return RequestContext("r", "GetKeyPolicy", "local", "p", "local", time.monotonic() + 5)
-
-
 def resolver(kms: MemoryKms) -> KeyResolver:
-    gateway = KmsGateway(
-        kms,
-        NoLimit(),
-        RetryPolicy(1, 0.01, 0.01, 0.0),
-        max_concurrency=8,
-        max_waiters=8,
-        home_account=kms.account,
-        accounts=AccountRoles({MEMBER: ROLE}),
-    )
-    return KeyResolver(
-        gateway,
-        account=kms.account,
-        home_region="us-east-1",
-        allowed_regions=frozenset(),
-        ttl=30.0,
-        max_entries=10,
-        member_accounts=frozenset({MEMBER}),
-    )
+    return resolve_with(kms, max_entries=10, accounts=AccountRoles({MEMBER: ROLE}))
 
 
 async def test_a_member_key_resolves_in_its_account_and_an_unlisted_one_is_refused() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
+from kms_policy_service.accounts import AccountRoles
 from kms_policy_service.errors import InvalidArgument, NotFound
 from kms_policy_service.gateway import KmsGateway, RetryPolicy
 from kms_policy_service.memory_kms import Fault, MemoryKms
@@ -21,9 +23,25 @@ def ctx() -> RequestContext:
     return RequestContext("r", "GetKeyPolicy", "local", "p", "local", time.monotonic() + 5)
 
 
-def resolver(kms: MemoryKms, *, ttl: float = 30.0, max_entries: int = 100) -> KeyResolver:
+def resolver(
+    kms: MemoryKms,
+    *,
+    ttl: float = 30.0,
+    max_entries: int = 100,
+    max_waiters: int = 8,
+    accounts: AccountRoles | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> KeyResolver:
+    """A resolver over `kms` with no limits; `accounts` names member accounts and roles."""
     gateway = KmsGateway(
-        kms, NoLimit(), RetryPolicy(1, 0.01, 0.01, 0.0), max_concurrency=8, max_waiters=8
+        kms,
+        NoLimit(),
+        RetryPolicy(1, 0.01, 0.01, 0.0),
+        max_concurrency=8,
+        max_waiters=max_waiters,
+        home_account=kms.account,
+        accounts=accounts,
     )
     return KeyResolver(
         gateway,
@@ -32,6 +50,9 @@ def resolver(kms: MemoryKms, *, ttl: float = 30.0, max_entries: int = 100) -> Ke
         allowed_regions=frozenset(),
         ttl=ttl,
         max_entries=max_entries,
+        member_accounts=frozenset(accounts.roles) if accounts else frozenset(),
+        clock=clock,
+        uniform=uniform,
     )
 
 
@@ -104,20 +125,10 @@ class Clock:
         return self.now
 
 
-def refreshing_resolver(kms: MemoryKms, clock: Clock, uniform: object) -> KeyResolver:
-    gateway = KmsGateway(
-        kms, NoLimit(), RetryPolicy(1, 0.01, 0.01, 0.0), max_concurrency=8, max_waiters=512
-    )
-    return KeyResolver(
-        gateway,
-        account=kms.account,
-        home_region="us-east-1",
-        allowed_regions=frozenset(),
-        ttl=30.0,
-        max_entries=1000,
-        clock=clock,
-        uniform=uniform,  # type: ignore[arg-type]
-    )
+def refreshing_resolver(
+    kms: MemoryKms, clock: Clock, uniform: Callable[[float, float], float]
+) -> KeyResolver:
+    return resolver(kms, max_entries=1000, max_waiters=512, clock=clock, uniform=uniform)
 
 
 async def test_a_key_in_use_is_refreshed_ahead_of_expiry_and_never_expires_under_its_callers() -> (
