@@ -33,6 +33,7 @@ class Fault:
     http_status: int = 400
     delay: float = 0.0  # seconds before answering or failing
     times: int | None = None  # None: every matching call
+    gate: asyncio.Event | None = None  # set: held (after `delay`) until the event is set
 
 
 @dataclass
@@ -105,9 +106,11 @@ class MemoryKms:
             return
         if fault.times is not None:
             fault.times -= 1
-        if fault.delay:
+        if fault.delay or fault.gate is not None:
             try:
                 await asyncio.sleep(fault.delay)
+                if fault.gate is not None:
+                    await fault.gate.wait()
             except asyncio.CancelledError:
                 call.abandoned = True
                 raise

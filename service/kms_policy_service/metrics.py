@@ -113,6 +113,12 @@ admission_refusals_total = Counter(
     "malformed_request).",
     ("reason",),
 )
+shared_reads_total = Counter(
+    "kms_policy_shared_reads_total",
+    "Reads that joined an identical KMS read already in flight instead of making their "
+    "own, by what was read (policy: GetKeyPolicy, key: DescribeKey).",
+    ("read",),
+)
 findings_truncated_total = Counter(
     "kms_policy_findings_truncated_total",
     "Answers whose findings were cut to the bound, by where (validate: --max-findings; "

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from kms_policy_service import metrics
 from kms_policy_service.errors import DeadlineExceeded, ResourceExhausted
 
 T = TypeVar("T")
@@ -38,8 +39,9 @@ class SingleFlight(Generic[T]):
     own deadline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
         self._in_flight: dict[Slot, asyncio.Future[T]] = {}
+        self._joined = metrics.child(metrics.shared_reads_total, what)
 
     async def read(
         self, slot: Slot, fetch: Callable[[], Awaitable[T]], *, deadline: float | None = None
@@ -48,6 +50,7 @@ class SingleFlight(Generic[T]):
             shared = self._in_flight.get(slot)
             if shared is None:
                 return await self._lead(slot, fetch)
+            self._joined.inc()
             try:
                 # shield: a follower giving up must not cancel the leader's fetch.
                 async with asyncio.timeout(
@@ -95,7 +98,7 @@ class PolicyReads:
     def __init__(self, *, cache_ttl: float, max_entries: int = 10_000) -> None:
         self._ttl = cache_ttl
         self._max_entries = max_entries
-        self._flight: SingleFlight[str] = SingleFlight()
+        self._flight: SingleFlight[str] = SingleFlight("policy")
         self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
         self._writes = 0  # invalidations so far: a fetch that saw one begin is not cached
 

@@ -69,7 +69,7 @@ class KeyResolver:
         self._uniform = uniform
         # (region, identifier, caller or "") -> (expires, refresh after, resolution)
         self._cache: OrderedDict[CacheKey, tuple[float, float, ResolvedKey]] = OrderedDict()
-        self._describe: SingleFlight[KeyMetadata] = SingleFlight()
+        self._describe: SingleFlight[KeyMetadata] = SingleFlight("key")
         self._refreshing: dict[CacheKey, asyncio.Task[None]] = {}
 
     def names_of(self, ref: KeyRef) -> tuple[str, ...]:

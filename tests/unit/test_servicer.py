@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from kms_policy_service import Server, Settings
 from kms_policy_service.backend import default_key_policy
@@ -18,6 +19,7 @@ from kms_policy_service.memory_kms import Fault, MemoryKms
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 from tests.support.status import details_of
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def kms() -> MemoryKms:
 
 
 @pytest.fixture
-async def stub(kms: MemoryKms, tmp_path: Path) -> AsyncIterator[pb_grpc.PolicyServiceStub]:
+async def server(kms: MemoryKms, tmp_path: Path) -> AsyncIterator[Server]:
     settings = Settings(
         listen="127.0.0.1:0",
         key_write_rate_limit=None,
@@ -36,12 +38,23 @@ async def stub(kms: MemoryKms, tmp_path: Path) -> AsyncIterator[pb_grpc.PolicySe
     )
     server = Server(settings, backend=kms)
     await server.startup()
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+@pytest.fixture
+async def stub(server: Server) -> AsyncIterator[pb_grpc.PolicyServiceStub]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         yield pb_grpc.PolicyServiceStub(channel)
     finally:
         await channel.close()
-        await server.shutdown()
+
+
+def shared_reads(read: str) -> float:
+    return REGISTRY.get_sample_value("kms_policy_shared_reads_total", {"read": read}) or 0.0
 
 
 def with_decrypt(account: str) -> str:
@@ -111,10 +124,14 @@ async def test_concurrent_gets_share_one_kms_read(
     arn = kms.create_key()
     await stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn))
     kms.calls.clear()
-    kms.faults.append(Fault("GetKeyPolicy", delay=0.2))
-    replies = await asyncio.gather(
-        *(stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn)) for _ in range(50))
-    )
+    answer = asyncio.Event()  # KMS holds the first read until all 50 calls are in
+    kms.faults.append(Fault("GetKeyPolicy", gate=answer, times=1))
+    joined_before = shared_reads("policy")
+    calls = [stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=arn)) for _ in range(50)]
+    # One fetch held at KMS, the 49 others joined to it; then KMS answers.
+    await until(lambda: shared_reads("policy") - joined_before == 49, what="49 reads joined")
+    answer.set()
+    replies = await asyncio.gather(*calls)
     assert len({r.etag for r in replies}) == 1
     assert kms.operations() == ["GetKeyPolicy"]
 
