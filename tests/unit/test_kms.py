@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -61,13 +65,12 @@ def test_client_config_owns_retries_and_bounds_timeouts() -> None:
     assert config.user_agent_appid.startswith("kms-policy-service/")
 
 
-async def test_a_lightened_client_sends_the_same_user_agent_built_once() -> None:
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[str, list[str]]]:
+    """A local HTTP endpoint answering every call with `{"Policy": "{}"}`; the User-Agents seen."""
     import json
 
-    from aiobotocore.session import get_session
     from aiohttp import web
-
-    from kms_policy_service.kms import _lighten
 
     seen: list[str] = []
 
@@ -82,35 +85,83 @@ async def test_a_lightened_client_sends_the_same_user_agent_built_once() -> None
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
     try:
-        async with get_session().create_client(
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_lightened_client_sends_the_same_user_agent_built_once(
+    endpoint: tuple[str, list[str]],
+) -> None:
+    from aiobotocore.session import get_session
+
+    from kms_policy_service.kms import _lighten
+
+    url, seen = endpoint
+    config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
+    async with get_session().create_client(
+        "kms",
+        region_name="us-east-1",
+        endpoint_url=url,
+        config=config,
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+    ) as client:
+        await client.get_key_policy(KeyId="k", PolicyName="default")
+        creator = client._user_agent_creator
+        builds = 0
+        original = creator.to_string
+
+        def counted() -> str:
+            nonlocal builds
+            builds += 1
+            return str(original())
+
+        creator.to_string = counted
+        _lighten(client)
+        for _ in range(3):
+            await client.get_key_policy(KeyId="k", PolicyName="default")
+    assert len(set(seen)) == 1 and "app/kms-policy-service" in seen[0]
+    assert builds == 1  # botocore alone builds it twice per request
+
+
+def _tls_context(client: Any) -> Any:
+    sessions = client._endpoint.http_session._sessions
+    return next(iter(sessions.values())).connector._ssl
+
+
+async def test_clients_share_one_tls_context_unless_they_present_a_certificate(
+    endpoint: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import AioSession, get_session
+
+    from tests.support.certs import CertAuthority
+
+    url, _ = endpoint
+    config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
+    cert, key = CertAuthority().issue("kms-policy-service").write(tmp_path, "client")
+    with_cert = config.merge(AioConfig(client_cert=(str(cert), str(key))))
+    contexts = []
+    for session, region, cfg in (
+        (get_session(), "us-east-1", config),
+        (get_session(), "eu-west-1", config),
+        (AioSession(), "us-east-1", config),  # as a member account's session is
+        (get_session(), "us-east-1", with_cert),
+    ):
+        async with session.create_client(
             "kms",
-            region_name="us-east-1",
+            region_name=region,
             endpoint_url=url,
-            config=config,
+            config=cfg,
             aws_access_key_id="a",
             aws_secret_access_key="b",
         ) as client:
             await client.get_key_policy(KeyId="k", PolicyName="default")
-            creator = client._user_agent_creator
-            builds = 0
-            original = creator.to_string
-
-            def counted() -> str:
-                nonlocal builds
-                builds += 1
-                return str(original())
-
-            creator.to_string = counted
-            _lighten(client)
-            for _ in range(3):
-                await client.get_key_policy(KeyId="k", PolicyName="default")
-    finally:
-        await runner.cleanup()
-    assert len(set(seen)) == 1 and "app/kms-policy-service" in seen[0]
-    assert builds == 1  # botocore alone builds it twice per request
+            contexts.append(_tls_context(client))
+    assert contexts[0] is contexts[1] is contexts[2]  # built once: ~0.7 MB and ~13 ms each
+    assert contexts[3] is not contexts[0]  # a client certificate is the client's own
 
 
 async def test_slimmed_models_keep_kms_and_sts_endpoints_and_operations() -> None:
