@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.features import FEATURES
 from bench.report import JSON_PATH
 from bench.report import main as render_markdown
 
@@ -185,6 +186,51 @@ def scenario_concurrency(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def scenario_features(args: argparse.Namespace) -> dict[str, Any]:
+    """7. What each feature costs: the full path (many keys, 64 in flight, fast fake KMS)
+    with every feature on, with each switched off in turn (bench.features), and with all
+    of them off; beside the direct client, the bare echo server and the bare proxy (a
+    grpc.aio server making the direct client's call), in one run.
+
+    Variants alternate within each repetition, so drift on the machine falls on all alike.
+    """
+    variants: list[tuple[str, ...]] = [(), *((name,) for name in FEATURES), FEATURES]
+    runs: dict[tuple[str, ...], list[dict[str, Any]]] = {v: [] for v in variants}
+    direct: list[dict[str, Any]] = []
+    echo: list[dict[str, Any]] = []
+    proxy: list[dict[str, Any]] = []
+    one = argparse.Namespace(**{**vars(args), "repetitions": 1})
+    with process("bench.fake_kms") as (kms_proc, kms):
+        url = f"http://127.0.0.1:{kms['port']}"
+        kms_pid = ("--kms-pid", str(kms_proc.pid))
+        for _ in range(args.repetitions):
+            direct.append(load("", 64, one, "--direct-kms", url, *kms_pid))
+            with process("bench.echo_server") as (proc, ready):
+                echo.append(
+                    load(f"127.0.0.1:{ready['port']}", 64, one, "--server-pid", str(proc.pid))
+                )
+            with process("bench.echo_server", "--kms", url) as (proc, ready):
+                target = f"127.0.0.1:{ready['port']}"
+                proxy.append(load(target, 64, one, "--server-pid", str(proc.pid), *kms_pid))
+            for variant in variants:
+                server = ("bench.policy_server", "--kms", url, "--without", ",".join(variant))
+                with process(*server) as (proc, ready):
+                    target = f"127.0.0.1:{ready['port']}"
+                    runs[variant].append(
+                        load(target, 64, one, "--server-pid", str(proc.pid), *kms_pid)
+                    )
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return repeated(argparse.Namespace(repetitions=len(rows)), iter(rows).__next__)
+
+    return {
+        "direct": summary(direct),
+        "echo": summary(echo),
+        "proxy": summary(proxy),
+        "variants": [{"without": list(v), **summary(runs[v])} for v in variants],
+    }
+
+
 def scenario_limiter(args: argparse.Namespace) -> dict[str, Any]:
     """4. Let-through rate under 10x overload and refusal latency (bench.limiter)."""
     out = subprocess.run(
@@ -329,6 +375,7 @@ SCENARIOS = {
     "limiter": scenario_limiter,
     "footprint": scenario_footprint,
     "resolution": scenario_resolution,
+    "features": scenario_features,
 }
 
 

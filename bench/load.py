@@ -18,11 +18,13 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
+from bench.fake_kms import key_arn
 from kmspolicy.v1 import policy_service_pb2 as pb
 from kmspolicy.v1 import policy_service_pb2_grpc as pb_grpc
 
@@ -121,29 +123,34 @@ async def grpc_load(args: argparse.Namespace) -> dict[str, Any]:
             await ch.close()
 
 
-async def direct_load(args: argparse.Namespace) -> dict[str, Any]:
+@asynccontextmanager
+async def direct_client(url: str, pool: int) -> AsyncIterator[Any]:
+    """One aiobotocore KMS client, as a caller with IAM access would make it."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
     config = AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
-        max_pool_connections=args.concurrency,
+        max_pool_connections=pool,
         connect_timeout=2,
         read_timeout=30,
     )
-    session = get_session()
-    async with session.create_client(
+    async with get_session().create_client(
         "kms",
         region_name="us-east-1",
-        endpoint_url=args.direct_kms,
+        endpoint_url=url,
         config=config,
         aws_access_key_id="bench",
         aws_secret_access_key="bench",
     ) as kms:
+        yield kms
+
+
+async def direct_load(args: argparse.Namespace) -> dict[str, Any]:
+    async with direct_client(args.direct_kms, args.concurrency) as kms:
 
         async def call(key: str) -> Any:
-            arn = f"arn:aws:kms:us-east-1:123456789012:key/{key.removeprefix('alias/')}"
-            return await kms.get_key_policy(KeyId=arn, PolicyName="default")
+            return await kms.get_key_policy(KeyId=key_arn(key), PolicyName="default")
 
         return await run(args, call)
 

@@ -6,6 +6,7 @@ policy. KMS is either the in-process zero-latency MemoryKms (`--kms memory`) or 
 URL reached through aiobotocore over HTTP.
 
     python -m bench.policy_server --kms memory|http://127.0.0.1:PORT [--read-cache-ttl S]
+        [--without FEATURE,...]   (bench.features: switched off to measure what each costs)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench.features import FEATURES, switch_off
 from kms_policy_service.logs import configure
 from kms_policy_service.memory_kms import MemoryKms
 from kms_policy_service.ratelimit import Rate
@@ -40,7 +42,9 @@ async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     (workdir / "authz.yaml").write_text(AUTHZ)
     log_file = open(os.devnull if args.no_log else workdir / "access.log", "a")  # noqa: SIM115, ASYNC230
-    configure(args.log_level, "json", stream=log_file)
+    without = [name for name in args.without.split(",") if name]
+    configure("WARNING" if "access-records" in without else args.log_level, "json", stream=log_file)
+    switch_off(without)
     settings = Settings(
         listen="127.0.0.1:0",
         kms_endpoint_url=None if args.kms == "memory" else args.kms,
@@ -81,4 +85,9 @@ if __name__ == "__main__":
     parser.add_argument("--max-concurrency", type=int, default=0, help="0: the default")
     parser.add_argument("--no-log", action="store_true")
     parser.add_argument("--log-level", default="INFO", help="WARNING turns access records off")
+    parser.add_argument(
+        "--without",
+        default="",
+        help=f"features switched off to measure their cost, comma-separated: {','.join(FEATURES)}",
+    )
     uvloop.run(main(parser.parse_args()))

@@ -450,6 +450,15 @@ OPTIONS: tuple[Option, ...] = (
         "seconds GetKeyPolicy results are cached; 0 disables (default 0)",
         float,
     ),
+    Option(
+        "--read-coalescing-window",
+        "read_coalescing_window",
+        f"seconds a hot key's GetKeyPolicy waits for concurrent identical reads to join it "
+        f"(one KMS call for all); 0 disables, at most "
+        f"{defaults.MAX_READ_COALESCING_WINDOW_SECONDS} "
+        f"(default {defaults.DEFAULT_READ_COALESCING_WINDOW_SECONDS})",
+        float,
+    ),
 )
 
 

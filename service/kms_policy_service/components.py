@@ -144,7 +144,9 @@ async def build_components(
         ),
         identifier,
     )
-    reads = PolicyReads(cache_ttl=settings.read_cache_ttl)
+    reads = PolicyReads(
+        cache_ttl=settings.read_cache_ttl, coalescing_window=settings.read_coalescing_window
+    )
     servicer = PolicyServicer(
         frame=RpcFrame(
             identifier,

@@ -113,6 +113,12 @@ admission_refusals_total = Counter(
     "malformed_request).",
     ("reason",),
 )
+read_coalescing_waits_total = Counter(
+    "kms_policy_read_coalescing_waits_total",
+    "KMS reads of a hot key held for --read-coalescing-window so that concurrent "
+    "identical reads join them, by what was read.",
+    ("read",),
+)
 shared_reads_total = Counter(
     "kms_policy_shared_reads_total",
     "Reads that joined an identical KMS read already in flight instead of making their "

@@ -30,6 +30,18 @@ Slot = tuple[str, ...]
 LEADERS_OWN = (DeadlineExceeded, ResourceExhausted)
 
 
+HOT_FOR = 1.0  # seconds a slot stays hot after a fetch that was shared
+MAX_HOT_SLOTS = 1024  # hot slots remembered (least recently shared forgotten)
+
+
+class _Fetch(Generic[T]):
+    __slots__ = ("followers", "result")
+
+    def __init__(self, result: asyncio.Future[T]) -> None:
+        self.result = result
+        self.followers = 0
+
+
 class SingleFlight(Generic[T]):
     """Concurrent calls for one slot share one fetch, run in the first caller's own task.
 
@@ -37,20 +49,31 @@ class SingleFlight(Generic[T]):
     is the leader's own (its deadline, its rate buckets, its cancellation): then the
     follower fetches again under its own context. A follower waits no longer than its
     own deadline.
+
+    With a `window`, a hot slot (its last fetch, under a second ago, was shared) waits
+    that long before its fetch goes out, so the calls that arrive meanwhile join it. On
+    a busy event loop a fetch is otherwise over before more than a call or two could
+    reach it; a slot read one call at a time never waits. The answer is still fetched
+    after every joined call began.
     """
 
-    def __init__(self, what: str) -> None:
-        self._in_flight: dict[Slot, asyncio.Future[T]] = {}
+    def __init__(self, what: str, *, window: float = 0.0) -> None:
+        self._in_flight: dict[Slot, _Fetch[T]] = {}
         self._joined = metrics.child(metrics.shared_reads_total, what)
+        self._waits = metrics.child(metrics.read_coalescing_waits_total, what)
+        self._window = window
+        self._hot: OrderedDict[Slot, float] = OrderedDict()  # slot -> when a shared fetch ended
 
     async def read(
         self, slot: Slot, fetch: Callable[[], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
         while True:
-            shared = self._in_flight.get(slot)
-            if shared is None:
-                return await self._lead(slot, fetch)
+            flight = self._in_flight.get(slot)
+            if flight is None:
+                return await self._lead(slot, fetch, deadline)
+            flight.followers += 1
             self._joined.inc()
+            shared = flight.result
             try:
                 # shield: a follower giving up must not cancel the leader's fetch.
                 async with asyncio.timeout(
@@ -75,10 +98,20 @@ class SingleFlight(Generic[T]):
         """Later calls for the slot start a fetch of their own (those joined keep theirs)."""
         self._in_flight.pop(slot, None)
 
-    async def _lead(self, slot: Slot, fetch: Callable[[], Awaitable[T]]) -> T:
-        shared: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._in_flight[slot] = shared
+    async def _lead(
+        self, slot: Slot, fetch: Callable[[], Awaitable[T]], deadline: float | None
+    ) -> T:
+        flight: _Fetch[T] = _Fetch(asyncio.get_running_loop().create_future())
+        shared = flight.result
+        self._in_flight[slot] = flight
         try:
+            if self._window and self._is_hot(slot):
+                wait = self._window
+                if deadline is not None:
+                    wait = min(wait, (deadline - time.monotonic()) / 2)
+                if wait > 0:
+                    self._waits.inc()
+                    await asyncio.sleep(wait)
             value = await fetch()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
@@ -88,17 +121,34 @@ class SingleFlight(Generic[T]):
                 shared.exception()  # retrieved: no "never retrieved" warning without followers
             raise
         finally:
-            if self._in_flight.get(slot) is shared:  # not forgotten and replaced meanwhile
+            if self._in_flight.get(slot) is flight:  # not forgotten and replaced meanwhile
                 del self._in_flight[slot]
+            if self._window:
+                self._remember(slot, shared=flight.followers > 0)
         shared.set_result(value)
         return value
 
+    def _is_hot(self, slot: Slot) -> bool:
+        ended = self._hot.get(slot)
+        return ended is not None and time.monotonic() - ended < HOT_FOR
+
+    def _remember(self, slot: Slot, *, shared: bool) -> None:
+        if not shared:
+            self._hot.pop(slot, None)
+            return
+        self._hot[slot] = time.monotonic()
+        self._hot.move_to_end(slot)
+        if len(self._hot) > MAX_HOT_SLOTS:
+            self._hot.popitem(last=False)
+
 
 class PolicyReads:
-    def __init__(self, *, cache_ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, *, cache_ttl: float, max_entries: int = 10_000, coalescing_window: float = 0.0
+    ) -> None:
         self._ttl = cache_ttl
         self._max_entries = max_entries
-        self._flight: SingleFlight[str] = SingleFlight("policy")
+        self._flight: SingleFlight[str] = SingleFlight("policy", window=coalescing_window)
         self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
         self._writes = 0  # invalidations so far: a fetch that saw one begin is not cached
 

@@ -45,6 +45,10 @@ DEFAULT_OPERATION_RATES: Mapping[str, Rate] = {
     Operation.LIST_KEY_POLICIES: Rate(20, 20),
     Operation.DESCRIBE_KEY: Rate(200, 200),
 }
+# A hot key's reads wait this long for each other (one KMS call for all); bounded so
+# that no configuration holds a read for long.
+DEFAULT_READ_COALESCING_WINDOW_SECONDS = 0.003
+MAX_READ_COALESCING_WINDOW_SECONDS = 0.05
 DEFAULT_KEY_WRITE_RATE = Rate(1, 1)  # KMS throttles "hot keys" changed too often
 DEFAULT_REFUSAL_RATE = Rate(1.0, 10)  # refused-attempt audit records per caller: 1/s, burst 10
 DEFAULT_REFUSAL_TOTAL_RATE = Rate(20.0, 100)  # refused-attempt records from everyone together
@@ -155,6 +159,7 @@ class Settings:
     rate_limit_backend: str | None = None  # redis://HOST:PORT/DB; None: in memory
     rate_limit_fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
     read_cache_ttl: float = 0.0  # seconds; 0: off
+    read_coalescing_window: float = DEFAULT_READ_COALESCING_WINDOW_SECONDS  # 0: off
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None  # set: clients must present a certificate it signed
@@ -221,6 +226,11 @@ class Settings:
             )
         if self.max_queue_wait < 0 or self.read_cache_ttl < 0:
             raise SettingsError("max_queue_wait and read_cache_ttl must not be negative")
+        if not 0 <= self.read_coalescing_window <= MAX_READ_COALESCING_WINDOW_SECONDS:
+            raise SettingsError(
+                f"read_coalescing_window must be between 0 and "
+                f"{MAX_READ_COALESCING_WINDOW_SECONDS} s"
+            )
         if self.max_concurrency < 1 or self.max_waiters < 0 or self.max_concurrent_rpcs < 1:
             raise SettingsError(
                 "max_concurrency and max_concurrent_rpcs must be >= 1, max_waiters >= 0"

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from kms_policy_service import metrics
 from kms_policy_service.ratelimit import Rate
 from kmspolicy.v1 import policy_service_pb2 as pb
 from tests.conftest import ACCOUNT, RunningService, policy_for
@@ -103,6 +104,31 @@ async def test_reads_while_one_is_in_flight_share_its_kms_call(
     replies = await asyncio.gather(first, *later)
     assert {r.policy for r in replies} == {replies[0].policy}
     assert len(faults.requests("GetKeyPolicy")) == 1  # 21 reads, one KMS call
+
+
+def coalescing_waits() -> float:
+    return float(metrics.read_coalescing_waits_total.labels("policy")._value.get())
+
+
+@pytest.mark.parametrize("settings_overrides", [{"read_coalescing_window": 0.05}], indirect=True)
+async def test_a_hot_keys_next_read_waits_the_window_and_later_reads_join_it(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any]
+) -> None:
+    def get() -> Any:
+        return service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
+
+    # Two reads share one KMS call (held 0.3 s): the key is hot.
+    faults.add(Rule("GetKeyPolicy", "apply_then_sleep", delay=0.3, times=1))
+    first = asyncio.ensure_future(get())
+    await until(lambda: bool(faults.requests("GetKeyPolicy")), what="the first read sent")
+    await asyncio.gather(first, get())
+    assert len(faults.requests("GetKeyPolicy")) == 1
+    before = coalescing_waits()
+    # KMS now answers at once; the next read is held 50 ms, and one sent after it joins.
+    replies = await asyncio.gather(get(), get())
+    assert coalescing_waits() == before + 1
+    assert replies[0].policy == replies[1].policy
+    assert len(faults.requests("GetKeyPolicy")) == 2  # two reads, one more KMS call
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,13 @@ def test_kms_rate_limits_are_repeatable_and_merge_with_the_defaults() -> None:
     assert env.kms_rate_limits["ListKeyPolicies"] == Rate(4, 4)
 
 
+def test_the_read_coalescing_window_is_3_ms_unless_set() -> None:
+    assert settings_from([], {}).read_coalescing_window == 0.003
+    assert settings_from(["--read-coalescing-window", "0"], {}).read_coalescing_window == 0
+    env = {"KMS_POLICY_READ_COALESCING_WINDOW": "0.01"}
+    assert settings_from([], env).read_coalescing_window == 0.01
+
+
 def test_optional_rates_can_be_turned_off() -> None:
     s = settings_from(["--key-write-rate-limit", "off", "--caller-rate-limit", "3:6"], {})
     assert s.key_write_rate_limit is None and s.caller_rate_limit == Rate(3, 6)
@@ -57,6 +64,8 @@ def test_optional_rates_can_be_turned_off() -> None:
         ["--shutdown-grace", "-1"],
         ["--rate-limit-backend", "http://x"],
         ["--local-kms", "--max-concurrency", "0"],
+        ["--read-coalescing-window", "0.051"],  # no configuration holds a read for long
+        ["--read-coalescing-window", "-0.001"],
     ],
 )
 def test_bad_settings_are_refused(argv: list[str]) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
+from kms_policy_service import metrics
 from kms_policy_service.errors import DeadlineExceeded, Unavailable
-from kms_policy_service.reads import PolicyReads
+from kms_policy_service.reads import MAX_HOT_SLOTS, PolicyReads, SingleFlight
 
 
 class Fetch:
@@ -27,13 +29,15 @@ class Fetch:
         return f"v{self.calls}"
 
 
-async def joined(reads: PolicyReads, fetch: Fetch) -> asyncio.Future[str]:
+async def joined(
+    reads: PolicyReads, fetch: Fetch, *, deadline: float | None = None
+) -> asyncio.Future[str]:
     """Start a reader and return once it has run up to its first wait (joined or fetching)."""
     entered = asyncio.Event()
 
     async def reader() -> str:
         entered.set()  # no await between this and the read: it runs on in the same step
-        return await reads.read("arn", "default", fetch)
+        return await reads.read("arn", "default", fetch, deadline=deadline)
 
     task = asyncio.ensure_future(reader())
     await entered.wait()  # our wake-up is queued behind the rest of the reader's step
@@ -145,3 +149,81 @@ async def test_a_fetch_that_began_before_a_write_is_not_cached_after_it() -> Non
     assert fresh.calls == 1  # the early answer was not cached over the write
     assert await reads.read("arn", "default", fresh) == "v1"
     assert fresh.calls == 1  # this one was
+
+
+async def at_once(number: int) -> str:
+    return f"v{number}"  # answers without yielding, as a fetch on a busy loop nearly does
+
+
+async def make_hot(reads: PolicyReads) -> None:
+    """Two concurrent reads share one fetch: the slot is now hot."""
+    gated = Fetch()
+    readers = [await joined(reads, gated) for _ in range(2)]
+    gated.gate.set()
+    await asyncio.gather(*readers)
+
+
+async def test_a_hot_keys_fetch_waits_the_window_so_later_readers_join_it() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=0.05)
+    await make_hot(reads)
+    fetch = Fetch(at_once)
+    readers = [await joined(reads, fetch) for _ in range(6)]  # one after another
+    assert fetch.calls == 0  # the leader is waiting out the window
+    async with asyncio.timeout(5):
+        assert await asyncio.gather(*readers) == ["v1"] * 6
+    assert fetch.calls == 1  # without the window each would have made its own
+
+
+async def test_without_a_window_a_fetch_is_over_before_later_readers_arrive() -> None:
+    reads = PolicyReads(cache_ttl=0)
+    await make_hot(reads)
+    fetch = Fetch(at_once)
+    readers = [await joined(reads, fetch) for _ in range(6)]
+    assert await asyncio.gather(*readers) == [f"v{n}" for n in range(1, 7)]
+    assert fetch.calls == 6
+
+
+async def test_a_key_read_one_call_at_a_time_never_waits() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
+    fetch = Fetch(at_once)
+    async with asyncio.timeout(5):  # one wait of the window would be 30 s
+        for number in range(1, 4):
+            assert await reads.read("arn", "default", fetch) == f"v{number}"
+
+
+def waits() -> float:
+    return float(metrics.read_coalescing_waits_total.labels("policy")._value.get())
+
+
+async def test_a_hot_key_cools_when_its_fetch_was_not_shared() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=0.01)
+    await make_hot(reads)
+    fetch = Fetch(at_once)
+    before = waits()
+    async with asyncio.timeout(5):
+        assert await reads.read("arn", "default", fetch) == "v1"  # hot, so it waited alone
+        assert waits() == before + 1
+        for number in range(2, 5):
+            assert await reads.read("arn", "default", fetch) == f"v{number}"
+    assert waits() == before + 1  # not one of the later reads waited
+
+
+async def test_the_window_never_takes_more_than_half_of_the_callers_deadline() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
+    await make_hot(reads)
+    fetch = Fetch(at_once)
+    deadline = time.monotonic() + 0.2
+    async with asyncio.timeout(5):  # the window alone is 30 s
+        assert await (await joined(reads, fetch, deadline=deadline)) == "v1"
+
+
+async def test_hot_slots_are_remembered_within_a_bound() -> None:
+    flight: SingleFlight[str] = SingleFlight("policy", window=0.05)
+    for number in range(MAX_HOT_SLOTS + 50):
+        gated = Fetch()
+        slot = (f"arn-{number}", "default", "")
+        readers = [asyncio.ensure_future(flight.read(slot, gated)) for _ in range(2)]
+        await asyncio.sleep(0)
+        gated.gate.set()
+        await asyncio.gather(*readers)
+    assert len(flight._hot) == MAX_HOT_SLOTS
