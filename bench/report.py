@@ -209,6 +209,65 @@ def render(data: dict[str, Any]) -> str:
             f"| 6 | DescribeKey rate flat over {r['seconds']:g} s (busiest second ≤ 4× the mean) "
             f"| flat | busiest {peak}/s, mean {mean:.1f}/s | {'met' if flat else '**missed**'} |"
         )
+    if "features" in data:
+        ft = data["features"]
+        floor = (
+            ft["direct"]["client_cpu_ms_per_req"]["median"]
+            + ft["echo"]["server_cpu_ms_per_req"]["median"]
+        )
+        on = ft["variants"][0]
+        on_cpu = on["server_cpu_ms_per_req"]["median"]
+        out += [
+            "### 7. What each feature costs (full path, many keys, 64 in flight)",
+            "",
+            "Each row switches features off (`bench/features.py`, bench only) and runs side by "
+            "side with the others, alternated within each repetition. The floor is the "
+            "direct client's CPU per call plus the bare echo server's, measured in this run "
+            f"({floor:.3f} ms); the bare proxy is a grpc.aio server that makes the direct "
+            "client's aiobotocore call and nothing else.",
+            "",
+            "| run | req/s | req/s vs direct | server CPU ms/req | vs floor | CPU saved vs all on | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        direct_rps = ft["direct"]["rps"]["median"]
+
+        def feature_row(name: str, r: dict[str, Any], cpu_key: str, saved: bool) -> str:
+            cpu = r[cpu_key]["median"]
+            return (
+                f"| {name} | {_m(r['rps'])} | {r['rps']['median'] / direct_rps:.2f}× "
+                f"| {_m(r[cpu_key], 3)} | {cpu / floor:.2f}× "
+                f"| {f'{on_cpu - cpu:+.3f} ms' if saved else '-'} | {_errors(r)} |"
+            )
+
+        out.append(
+            feature_row("direct aiobotocore client", ft["direct"], "client_cpu_ms_per_req", False)
+        )
+        out.append(
+            feature_row("bare echo (no KMS call)", ft["echo"], "server_cpu_ms_per_req", False)
+        )
+        out.append(
+            feature_row(
+                "bare proxy (gRPC + one aiobotocore call)",
+                ft["proxy"],
+                "server_cpu_ms_per_req",
+                False,
+            )
+        )
+        for v in ft["variants"]:
+            without = v["without"]
+            if not without:
+                name = "PolicyService, every feature on"
+            elif len(without) == 1:
+                name = f"without {without[0]}"
+            else:
+                name = "without any of them"
+            out.append(feature_row(name, v, "server_cpu_ms_per_req", bool(without)))
+        out.append("")
+        off = ft["variants"][-1]["server_cpu_ms_per_req"]["median"] / floor
+        proxy = ft["proxy"]["server_cpu_ms_per_req"]["median"] / floor
+        targets.append(
+            f"| 7 | CPU per request vs floor with every feature off (information) | - | {off:.2f}× (bare proxy {proxy:.2f}×) | - |"
+        )
     out += [
         "### Targets",
         "",
