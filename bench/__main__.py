@@ -188,14 +188,18 @@ def scenario_concurrency(args: argparse.Namespace) -> dict[str, Any]:
 
 def scenario_features(args: argparse.Namespace) -> dict[str, Any]:
     """7. What each feature costs: the full path (many keys, 64 in flight, fast fake KMS)
-    with every feature on, with each switched off in turn (bench.features), and with all
-    of them off; beside the direct client, the bare echo server and the bare proxy (a
-    grpc.aio server making the direct client's call), in one run.
+    with each feature switched off in turn (bench.features), and with all of them off;
+    beside the direct client, the bare echo server and the bare proxy (a grpc.aio server
+    making the direct client's call), in one run.
 
-    Variants alternate within each repetition, so drift on the machine falls on all alike.
+    Each switched-off run is paired with a run of the service with every feature on made
+    just before it, and the saving is the median of the paired differences: a feature
+    costs a few hundredths of a millisecond, less than this machine drifts in a minute.
     """
-    variants: list[tuple[str, ...]] = [(), *((name,) for name in FEATURES), FEATURES]
+    variants: list[tuple[str, ...]] = [*((name,) for name in FEATURES), FEATURES]
     runs: dict[tuple[str, ...], list[dict[str, Any]]] = {v: [] for v in variants}
+    saved: dict[tuple[str, ...], list[float]] = {v: [] for v in variants}
+    every: list[dict[str, Any]] = []
     direct: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     proxy: list[dict[str, Any]] = []
@@ -203,6 +207,13 @@ def scenario_features(args: argparse.Namespace) -> dict[str, Any]:
     with process("bench.fake_kms") as (kms_proc, kms):
         url = f"http://127.0.0.1:{kms['port']}"
         kms_pid = ("--kms-pid", str(kms_proc.pid))
+
+        def service(*without: str) -> dict[str, Any]:
+            server = ("bench.policy_server", "--kms", url, "--without", ",".join(without))
+            with process(*server) as (proc, ready):
+                target = f"127.0.0.1:{ready['port']}"
+                return load(target, 64, one, "--server-pid", str(proc.pid), *kms_pid)
+
         for _ in range(args.repetitions):
             direct.append(load("", 64, one, "--direct-kms", url, *kms_pid))
             with process("bench.echo_server") as (proc, ready):
@@ -213,21 +224,26 @@ def scenario_features(args: argparse.Namespace) -> dict[str, Any]:
                 target = f"127.0.0.1:{ready['port']}"
                 proxy.append(load(target, 64, one, "--server-pid", str(proc.pid), *kms_pid))
             for variant in variants:
-                server = ("bench.policy_server", "--kms", url, "--without", ",".join(variant))
-                with process(*server) as (proc, ready):
-                    target = f"127.0.0.1:{ready['port']}"
-                    runs[variant].append(
-                        load(target, 64, one, "--server-pid", str(proc.pid), *kms_pid)
-                    )
+                on, off = service(), service(*variant)
+                every.append(on)
+                runs[variant].append(off)
+                saved[variant].append(on["server_cpu_ms_per_req"] - off["server_cpu_ms_per_req"])
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return repeated(argparse.Namespace(repetitions=len(rows)), iter(rows).__next__)
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
     return {
         "direct": summary(direct),
         "echo": summary(echo),
         "proxy": summary(proxy),
-        "variants": [{"without": list(v), **summary(runs[v])} for v in variants],
+        "every": summary(every),
+        "variants": [
+            {"without": list(v), "saved_cpu_ms_per_req": spread(saved[v]), **summary(runs[v])}
+            for v in variants
+        ],
     }
 
 

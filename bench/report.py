@@ -215,53 +215,41 @@ def render(data: dict[str, Any]) -> str:
             ft["direct"]["client_cpu_ms_per_req"]["median"]
             + ft["echo"]["server_cpu_ms_per_req"]["median"]
         )
-        on = ft["variants"][0]
-        on_cpu = on["server_cpu_ms_per_req"]["median"]
         out += [
             "### 7. What each feature costs (full path, many keys, 64 in flight)",
             "",
-            "Each row switches features off (`bench/features.py`, bench only) and runs side by "
-            "side with the others, alternated within each repetition. The floor is the "
-            "direct client's CPU per call plus the bare echo server's, measured in this run "
-            f"({floor:.3f} ms); the bare proxy is a grpc.aio server that makes the direct "
-            "client's aiobotocore call and nothing else.",
+            "Each row switches features off (`bench/features.py`, bench only); each such run "
+            "is paired with a run of the service with every feature on made just before it, "
+            "and the saving is the median (min–max) of the paired differences in server CPU "
+            "per request. The floor is the direct client's CPU per call plus the bare echo "
+            f"server's, measured in this run ({floor:.3f} ms); the bare proxy is a grpc.aio "
+            "server that makes the direct client's aiobotocore call and nothing else.",
             "",
-            "| run | req/s | req/s vs direct | server CPU ms/req | vs floor | CPU saved vs all on | errors |",
+            "| run | req/s | req/s vs direct | server CPU ms/req | vs floor | CPU saved (paired) | errors |",
             "|---|---|---|---|---|---|---|",
         ]
         direct_rps = ft["direct"]["rps"]["median"]
 
-        def feature_row(name: str, r: dict[str, Any], cpu_key: str, saved: bool) -> str:
+        def feature_row(name: str, r: dict[str, Any], cpu_key: str) -> str:
             cpu = r[cpu_key]["median"]
+            saved = r.get("saved_cpu_ms_per_req")
             return (
                 f"| {name} | {_m(r['rps'])} | {r['rps']['median'] / direct_rps:.2f}× "
                 f"| {_m(r[cpu_key], 3)} | {cpu / floor:.2f}× "
-                f"| {f'{on_cpu - cpu:+.3f} ms' if saved else '-'} | {_errors(r)} |"
+                f"| {f'{_m(saved, 3)} ms' if saved else '-'} | {_errors(r)} |"
             )
 
-        out.append(
-            feature_row("direct aiobotocore client", ft["direct"], "client_cpu_ms_per_req", False)
-        )
-        out.append(
-            feature_row("bare echo (no KMS call)", ft["echo"], "server_cpu_ms_per_req", False)
-        )
-        out.append(
-            feature_row(
-                "bare proxy (gRPC + one aiobotocore call)",
-                ft["proxy"],
-                "server_cpu_ms_per_req",
-                False,
-            )
-        )
+        rows = [
+            ("direct aiobotocore client", ft["direct"], "client_cpu_ms_per_req"),
+            ("bare echo (no KMS call)", ft["echo"], "server_cpu_ms_per_req"),
+            ("bare proxy (gRPC + one aiobotocore call)", ft["proxy"], "server_cpu_ms_per_req"),
+            ("PolicyService, every feature on", ft["every"], "server_cpu_ms_per_req"),
+        ]
         for v in ft["variants"]:
             without = v["without"]
-            if not without:
-                name = "PolicyService, every feature on"
-            elif len(without) == 1:
-                name = f"without {without[0]}"
-            else:
-                name = "without any of them"
-            out.append(feature_row(name, v, "server_cpu_ms_per_req", bool(without)))
+            name = f"without {without[0]}" if len(without) == 1 else "without any of them"
+            rows.append((name, v, "server_cpu_ms_per_req"))
+        out += [feature_row(*row) for row in rows]
         out.append("")
         off = ft["variants"][-1]["server_cpu_ms_per_req"]["median"] / floor
         proxy = ft["proxy"]["server_cpu_ms_per_req"]["median"] / floor
