@@ -126,7 +126,8 @@ def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scenario_full_path(args: argparse.Namespace) -> dict[str, Any]:
-    """2. Service -> aiobotocore -> fast fake KMS, vs an aiobotocore client calling it directly.
+    """2. Service -> aiobotocore -> fast fake KMS, vs an aiobotocore client calling it directly,
+    and vs the bare proxy (a grpc.aio server making that client's call, nothing else).
 
     Every row counts the CPU of every process: the load generator, the service and the
     fake KMS. Many keys: striped, no two calls in flight read the same key. Hot key:
@@ -141,6 +142,15 @@ def scenario_full_path(args: argparse.Namespace) -> dict[str, Any]:
             repeated(args, lambda c=c: load("", c, args, "--direct-kms", url, *kms_pid))
             for c in args.concurrency
         ]
+        with process("bench.echo_server", "--kms", url) as (proc, ready):
+            target = f"127.0.0.1:{ready['port']}"
+            results["proxy"] = [
+                repeated(
+                    args,
+                    lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid), *kms_pid),
+                )
+                for c in args.concurrency
+            ]
         with process("bench.policy_server", "--kms", url) as (proc, ready):
             target = f"127.0.0.1:{ready['port']}"
             results["service"] = [
@@ -424,6 +434,10 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
     }
+    # As pip does when it installs the service (and the image's build does): start-up is
+    # not spent compiling modules whose bytecode cache is stale in a working tree.
+    compiled = ("service", "clients", "protos")
+    subprocess.run([PY, "-m", "compileall", "-q", *compiled], cwd=ROOT, check=True)
     for name in args.only:
         print(f"running {name}...", file=sys.stderr, flush=True)
         report[name] = SCENARIOS[name](args)

@@ -92,6 +92,7 @@ def render(data: dict[str, Any]) -> str:
             HEADER,
         ]
         out += [_row("direct aiobotocore client", r) for r in f["direct"]]
+        out += [_row("bare proxy (gRPC + that client's call)", r) for r in f.get("proxy", [])]
         out += [_row("PolicyService → aiobotocore", r) for r in f["service"]]
         out.append(_row("direct, hot key", f["direct_hot"]))
         if "service_hot" in f:
@@ -125,6 +126,15 @@ def render(data: dict[str, Any]) -> str:
             f"| 2 | throughput at 64 vs direct client | ≥ 0.7× | {_floor(ratio)}× | {_verdict(ratio, 0.7)} |",
             f"| 2 | added p50 at 1 in flight | ≤ +0.5 ms | {added:+.2f} ms | {_verdict(added, 0.5, higher_is_better=False)} |",
         ]
+        if "proxy" in f:
+            p64 = next(r for r in f["proxy"] if r["concurrency"] == 64)
+            p1 = next(r for r in f["proxy"] if r["concurrency"] == 1)
+            proxy_ratio = p64["rps"]["median"] / d64["rps"]["median"]
+            proxy_added = p1["p50_ms"]["median"] - d1["p50_ms"]["median"]
+            targets.append(
+                f"| 2 | the bare proxy (no feature at all), for comparison: throughput at 64 vs "
+                f"direct; added p50 at 1 in flight | - | {proxy_ratio:.2f}×; {proxy_added:+.2f} ms | - |"
+            )
         if "service_hot" in f:
             hot = f["service_hot"]["rps"]["median"] / f["direct_hot"]["rps"]["median"]
             targets.append(
