@@ -298,70 +298,83 @@ async def _wait_serving(
     raise RuntimeError("not SERVING in time")
 
 
-def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
-    """5. Start-up to SERVING, RSS idle and at 256 in flight, for the sidecar configuration
-    (default flags, access records off)."""
+def _footprint(args: argparse.Namespace, url: str, env: dict[str, str]) -> dict[str, Any]:
     from tests.support.redis_server import free_port  # a loopback port below 32768
 
-    results: dict[str, Any] = {"startup_s": [], "rss_idle_mb": [], "rss_256_mb": []}
-    with process("bench.fake_kms", "--latency", "0.05") as (_, kms):
-        url = f"http://127.0.0.1:{kms['port']}"
-        for _ in range(args.repetitions):
-            port = free_port()
-            started = time.monotonic()
-            proc = subprocess.Popen(
+    results: dict[str, list[float]] = {"startup_s": [], "rss_idle_mb": [], "rss_256_mb": []}
+    for _ in range(args.repetitions):
+        port = free_port()
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [
+                str(Path(PY).parent / "kms-policy-service"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--kms-endpoint-url",
+                url,
+                "--sts-endpoint-url",
+                url,
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            asyncio.run(_wait_serving({"port": port}, proc, time.monotonic() + 20))
+            results["startup_s"].append(time.monotonic() - started)
+            time.sleep(1.0)
+            results["rss_idle_mb"].append(rss_mb(proc.pid))
+            loader = subprocess.Popen(
                 [
-                    str(Path(PY).parent / "kms-policy-service"),
-                    "--listen",
+                    PY,
+                    "-m",
+                    "bench.load",
+                    "--target",
                     f"127.0.0.1:{port}",
-                    "--kms-endpoint-url",
-                    url,
-                    "--sts-endpoint-url",
-                    url,
-                    "--log-level",
-                    "WARNING",
+                    "--concurrency",
+                    "256",
+                    "--warmup",
+                    "1",
+                    "--duration",
+                    str(args.duration),
                 ],
                 env=ENV,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
             )
-            try:
-                asyncio.run(_wait_serving({"port": port}, proc, time.monotonic() + 20))
-                results["startup_s"].append(time.monotonic() - started)
-                time.sleep(1.0)
-                results["rss_idle_mb"].append(rss_mb(proc.pid))
-                loader = subprocess.Popen(
-                    [
-                        PY,
-                        "-m",
-                        "bench.load",
-                        "--target",
-                        f"127.0.0.1:{port}",
-                        "--concurrency",
-                        "256",
-                        "--warmup",
-                        "1",
-                        "--duration",
-                        str(args.duration),
-                    ],
-                    env=ENV,
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                )
-                peak = 0.0
-                while loader.poll() is None:
-                    peak = max(peak, rss_mb(proc.pid))
-                    time.sleep(0.05)
-                results["rss_256_mb"].append(peak)
-            finally:
-                proc.terminate()
-                proc.wait(10)
+            peak = 0.0
+            while loader.poll() is None:
+                peak = max(peak, rss_mb(proc.pid))
+                time.sleep(0.05)
+            results["rss_256_mb"].append(peak)
+        finally:
+            proc.terminate()
+            proc.wait(10)
     return {
         k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
         for k, v in results.items()
     }
+
+
+def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
+    """5. Start-up to SERVING, RSS idle and at 256 in flight, for the sidecar configuration
+    (default flags, access records off): as the image runs it, with the pruned SDK data
+    on AWS_DATA_PATH (written as the image's build writes it), and without."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kms-bench-sdk-") as sdk:
+        subprocess.run(
+            [PY, "-m", "kms_policy_service.sdk_data", sdk], env=ENV, cwd=ROOT, check=True
+        )
+        with process("bench.fake_kms", "--latency", "0.05") as (_, kms):
+            url = f"http://127.0.0.1:{kms['port']}"
+            results = _footprint(args, url, {**ENV, "AWS_DATA_PATH": sdk})
+            results["without_sdk_data"] = _footprint(args, url, ENV)
+    return results
 
 
 def scenario_resolution(args: argparse.Namespace) -> dict[str, Any]:

@@ -186,6 +186,23 @@ def test_the_image_holds_what_the_runtime_needs_and_nothing_of_the_build(
         "run", "--rm", *HARDENED, "--entrypoint", "python", default_image.tag, "-m", "pip", "check"
     )
     assert "No broken requirements found" in check.stdout
+    # The pruned SDK data, written from the image's own botocore, is where the SDK looks.
+    sdk = podman.podman(
+        "run",
+        "--rm",
+        *HARDENED,
+        "--entrypoint",
+        "python",
+        default_image.tag,
+        "-c",
+        "import botocore, json, os, pathlib; d = pathlib.Path(os.environ['AWS_DATA_PATH']); "
+        "print(json.loads((d / 'kms-policy-service-sdk-data.json').read_text())['botocore'] "
+        "== botocore.__version__, sorted(p.name for p in d.iterdir()))",
+    )
+    assert sdk.stdout.split(None, 1) == [
+        "True",
+        "['endpoints.json', 'kms', 'kms-policy-service-sdk-data.json', 'sts']\n",
+    ]
     config = json.loads(podman.podman("image", "inspect", default_image.tag).stdout)[0]["Config"]
     assert config["Entrypoint"] == ["kms-policy-service"]
     assert config["User"] == "10001:10001"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,48 @@ async def test_slimmed_models_keep_kms_and_sts_endpoints_and_operations() -> Non
         ("kms", "cn-north-1"): "https://kms.cn-north-1.amazonaws.com.cn",
         ("sts", "eu-west-1"): "https://sts.eu-west-1.amazonaws.com",
     }
+
+
+async def test_written_sdk_data_is_what_the_sdk_loads_and_resolves_the_same_endpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore
+    from aiobotocore.session import AioSession
+
+    from kms_policy_service.kms import SDK_DATA_MARKER, write_sdk_data
+
+    write_sdk_data(tmp_path)
+    assert json.loads((tmp_path / SDK_DATA_MARKER).read_text()) == {
+        "botocore": botocore.__version__
+    }
+    assert (tmp_path / "endpoints.json").stat().st_size < 100_000  # botocore's: 1.3 MB
+    urls = {}
+    for data_path in ("", str(tmp_path)):
+        if data_path:
+            monkeypatch.setenv("AWS_DATA_PATH", data_path)
+        else:
+            monkeypatch.delenv("AWS_DATA_PATH", raising=False)
+        session = AioSession()
+        loader = session.get_component("data_loader")
+        _, path = loader.load_data_with_path("endpoints")
+        assert path.startswith(str(tmp_path)) == bool(data_path)
+        for service, region in (("kms", "us-east-1"), ("kms", "cn-north-1"), ("sts", "eu-west-1")):
+            async with session.create_client(
+                service, region_name=region, aws_access_key_id="a", aws_secret_access_key="b"
+            ) as client:
+                urls[(data_path, service, region)] = client.meta.endpoint_url
+                assert hasattr(client, "put_key_policy" if service == "kms" else "assume_role")
+    assert {k[1:]: v for k, v in urls.items() if k[0]} == {
+        k[1:]: v for k, v in urls.items() if not k[0]
+    }
+
+
+def test_sdk_data_from_another_botocore_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kms_policy_service.kms import SDK_DATA_MARKER, _check_sdk_data
+
+    (tmp_path / SDK_DATA_MARKER).write_text('{"botocore": "0.0.1"}')
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    _check_sdk_data()
+    assert "written by botocore 0.0.1" in caplog.text
