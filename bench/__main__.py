@@ -374,6 +374,14 @@ def scenario_footprint(args: argparse.Namespace) -> dict[str, Any]:
             url = f"http://127.0.0.1:{kms['port']}"
             results = _footprint(args, url, {**ENV, "AWS_DATA_PATH": sdk})
             results["without_sdk_data"] = _footprint(args, url, ENV)
+            # The floors: a bare grpc.aio server, and the bare proxy (it and one
+            # aiobotocore client, nothing else), idle after a few calls.
+            brief = argparse.Namespace(warmup=0.2, duration=0.5)
+            for name, extra in (("echo", ()), ("proxy", ("--kms", url))):
+                with process("bench.echo_server", *extra) as (proc, ready):
+                    load(f"127.0.0.1:{ready['port']}", 1, brief)
+                    time.sleep(1.0)
+                    results[f"{name}_rss_idle_mb"] = rss_mb(proc.pid)
     return results
 
 

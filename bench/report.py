@@ -189,6 +189,13 @@ def render(data: dict[str, Any]) -> str:
             f"| RSS at 256 in flight | {_m(fp['rss_256_mb'], 1)} MB | {_m(plain and plain['rss_256_mb'], 1)} MB |",
             "",
         ]
+        if "proxy_rss_idle_mb" in fp:
+            out += [
+                f"For comparison, idle after a few calls: the bare echo server "
+                f"{fp['echo_rss_idle_mb']:.1f} MB; the bare proxy (a grpc.aio server and one "
+                f"aiobotocore client, nothing else) {fp['proxy_rss_idle_mb']:.1f} MB.",
+                "",
+            ]
         targets += [
             f"| 5 | start to SERVING | ≤ 0.4 s | {fp['startup_s']['median']:.2f} s | {_verdict(fp['startup_s']['median'], 0.4, higher_is_better=False)} |",
             f"| 5 | RSS idle | ≤ 56 MB | {fp['rss_idle_mb']['median']:.1f} MB | {_verdict(fp['rss_idle_mb']['median'], 56, higher_is_better=False)} |",
