@@ -145,7 +145,9 @@ async def build_components(
         identifier,
     )
     reads = PolicyReads(
-        cache_ttl=settings.read_cache_ttl, coalescing_window=settings.read_coalescing_window
+        cache_ttl=settings.read_cache_ttl,
+        coalescing_window=settings.read_coalescing_window,
+        reserve=settings.deadline_margin,  # what the KMS call keeps back (gateway)
     )
     servicer = PolicyServicer(
         frame=RpcFrame(

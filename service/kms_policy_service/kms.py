@@ -145,7 +145,10 @@ class _SharedTlsSession(AIOHTTPSession):  # type: ignore[misc]
     member account and Region, one per caller session with --caller-session-tags (up to
     --max-caller-sessions), and an STS client per AssumeRole. A context holds settings
     and CA certificates, no credentials; contexts with a client certificate or a proxy
-    are built per client, as before.
+    are built per client, as before. A CA bundle file is known by its identity (inode,
+    size, mtime): a bundle rewritten in place is loaded again by the next client made.
+    This overrides aiobotocore's `_build_ssl_contexts` (3.x); where a version lacks it,
+    every client builds its own context, as aiobotocore does (tests/unit/test_kms.py).
     """
 
     def _build_ssl_contexts(
@@ -153,14 +156,25 @@ class _SharedTlsSession(AIOHTTPSession):  # type: ignore[misc]
     ) -> tuple[ssl.SSLContext, ssl.SSLContext | None]:
         if self._cert_file or proxy_url:
             return super()._build_ssl_contexts(proxy_url)  # type: ignore[no-any-return]
-        verify = self._verify  # True, False or a CA bundle's path (AWS_CA_BUNDLE)
+        key = _verify_key(self._verify)  # True, False or a CA bundle (AWS_CA_BUNDLE)
         with _TLS_LOCK:  # built in a worker thread (aiobotocore keeps file reads off the loop)
-            found = _TLS_CONTEXTS.get(verify)
-            if found is None:
-                found = self._build_verify_context()
+            found = _TLS_CONTEXTS.get(key)
+        if found is None:
+            found = self._build_verify_context()  # outside the lock: two may build, one stays
+            with _TLS_LOCK:
                 if len(_TLS_CONTEXTS) < MAX_TLS_CONTEXTS:
-                    _TLS_CONTEXTS[verify] = found
+                    found = _TLS_CONTEXTS.setdefault(key, found)
         return found, None
+
+
+def _verify_key(verify: object) -> object:
+    if isinstance(verify, str):
+        try:
+            stat = os.stat(verify)
+        except OSError:
+            return verify  # aiobotocore's own load will report it
+        return (verify, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return verify
 
 
 MAX_TLS_CONTEXTS = 8  # distinct verify settings (in practice one)

@@ -35,11 +35,13 @@ MAX_HOT_SLOTS = 1024  # hot slots remembered (least recently shared forgotten)
 
 
 class _Fetch(Generic[T]):
-    __slots__ = ("followers", "result")
+    __slots__ = ("fetch_at", "followers", "go", "result")
 
     def __init__(self, result: asyncio.Future[T]) -> None:
         self.result = result
         self.followers = 0
+        self.go: asyncio.Event | None = None  # set while the fetch waits out the window
+        self.fetch_at = 0.0  # when it goes out, if nobody makes it go sooner
 
 
 class SingleFlight(Generic[T]):
@@ -54,25 +56,36 @@ class SingleFlight(Generic[T]):
     that long before its fetch goes out, so the calls that arrive meanwhile join it. On
     a busy event loop a fetch is otherwise over before more than a call or two could
     reach it; a slot read one call at a time never waits. The answer is still fetched
-    after every joined call began.
+    after every joined call began. The wait never takes more than half of what is left
+    of any sharing call's deadline (less `reserve`, the time a call keeps for itself),
+    and a call waits out at most one window: one that joined a fetch and must fetch
+    again (the leader's own failure) does not wait again, so failing leaders cannot
+    hold the others for window after window.
     """
 
-    def __init__(self, what: str, *, window: float = 0.0) -> None:
+    def __init__(self, what: str, *, window: float = 0.0, reserve: float = 0.0) -> None:
         self._in_flight: dict[Slot, _Fetch[T]] = {}
         self._joined = metrics.child(metrics.shared_reads_total, what)
-        self._waits = metrics.child(metrics.read_coalescing_waits_total, what)
+        self._waits = metrics.child(metrics.read_coalescing_waits_total, what) if window else None
         self._window = window
+        self._reserve = reserve
         self._hot: OrderedDict[Slot, float] = OrderedDict()  # slot -> when a shared fetch ended
 
     async def read(
         self, slot: Slot, fetch: Callable[[], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
+        may_wait = True
         while True:
             flight = self._in_flight.get(slot)
             if flight is None:
-                return await self._lead(slot, fetch, deadline)
+                return await self._lead(slot, fetch, deadline, may_wait=may_wait)
+            may_wait = False
             flight.followers += 1
             self._joined.inc()
+            if flight.go is not None and deadline is not None:
+                now = time.monotonic()
+                if flight.fetch_at - now > (deadline - self._reserve - now) / 2:
+                    flight.go.set()  # this call cannot spend that long waiting: go now
             shared = flight.result
             try:
                 # shield: a follower giving up must not cancel the leader's fetch.
@@ -99,19 +112,19 @@ class SingleFlight(Generic[T]):
         self._in_flight.pop(slot, None)
 
     async def _lead(
-        self, slot: Slot, fetch: Callable[[], Awaitable[T]], deadline: float | None
+        self,
+        slot: Slot,
+        fetch: Callable[[], Awaitable[T]],
+        deadline: float | None,
+        *,
+        may_wait: bool,
     ) -> T:
         flight: _Fetch[T] = _Fetch(asyncio.get_running_loop().create_future())
         shared = flight.result
         self._in_flight[slot] = flight
         try:
-            if self._window and self._is_hot(slot):
-                wait = self._window
-                if deadline is not None:
-                    wait = min(wait, (deadline - time.monotonic()) / 2)
-                if wait > 0:
-                    self._waits.inc()
-                    await asyncio.sleep(wait)
+            if may_wait and self._waits is not None and self._is_hot(slot):
+                await self._coalesce(flight, deadline)
             value = await fetch()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
@@ -123,10 +136,29 @@ class SingleFlight(Generic[T]):
         finally:
             if self._in_flight.get(slot) is flight:  # not forgotten and replaced meanwhile
                 del self._in_flight[slot]
-            if self._window:
+            if self._waits is not None:
                 self._remember(slot, shared=flight.followers > 0)
         shared.set_result(value)
         return value
+
+    async def _coalesce(self, flight: _Fetch[T], deadline: float | None) -> None:
+        """Wait out the window (or less: see the class), for other calls to join."""
+        now = time.monotonic()
+        wait = self._window
+        if deadline is not None:
+            wait = min(wait, (deadline - self._reserve - now) / 2)
+        if wait <= 0:
+            return
+        assert self._waits is not None
+        self._waits.inc()
+        flight.go, flight.fetch_at = asyncio.Event(), now + wait
+        try:
+            async with asyncio.timeout(wait):
+                await flight.go.wait()
+        except TimeoutError:
+            pass
+        finally:
+            flight.go = None
 
     def _is_hot(self, slot: Slot) -> bool:
         ended = self._hot.get(slot)
@@ -144,11 +176,18 @@ class SingleFlight(Generic[T]):
 
 class PolicyReads:
     def __init__(
-        self, *, cache_ttl: float, max_entries: int = 10_000, coalescing_window: float = 0.0
+        self,
+        *,
+        cache_ttl: float,
+        max_entries: int = 10_000,
+        coalescing_window: float = 0.0,
+        reserve: float = 0.0,
     ) -> None:
         self._ttl = cache_ttl
         self._max_entries = max_entries
-        self._flight: SingleFlight[str] = SingleFlight("policy", window=coalescing_window)
+        self._flight: SingleFlight[str] = SingleFlight(
+            "policy", window=coalescing_window, reserve=reserve
+        )
         self._cache: OrderedDict[Slot, tuple[float, str]] = OrderedDict()
         self._writes = 0  # invalidations so far: a fetch that saw one begin is not cached
 

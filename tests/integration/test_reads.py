@@ -117,14 +117,16 @@ async def test_a_hot_keys_next_read_waits_the_window_and_later_reads_join_it(
     def get() -> Any:
         return service.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key["Arn"]), timeout=10)
 
-    # Two reads share one KMS call (held 0.3 s): the key is hot.
-    faults.add(Rule("GetKeyPolicy", "apply_then_sleep", delay=0.3, times=1))
+    # Two reads share one KMS call (its answer held 1 s): the key is hot.
+    faults.add(Rule("GetKeyPolicy", "apply_then_sleep", delay=1.0, times=1))
     first = asyncio.ensure_future(get())
     await until(lambda: bool(faults.requests("GetKeyPolicy")), what="the first read sent")
     await asyncio.gather(first, get())
     assert len(faults.requests("GetKeyPolicy")) == 1
     before = coalescing_waits()
-    # KMS now answers at once; the next read is held 50 ms, and one sent after it joins.
+    # The next read waits 50 ms before its KMS call goes out (held 1 s again, so that the
+    # other read joins it however late it is scheduled).
+    faults.add(Rule("GetKeyPolicy", "apply_then_sleep", delay=1.0, times=1))
     replies = await asyncio.gather(get(), get())
     assert coalescing_waits() == before + 1
     assert replies[0].policy == replies[1].policy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,6 +164,51 @@ async def test_clients_share_one_tls_context_unless_they_present_a_certificate(
             contexts.append(_tls_context(client))
     assert contexts[0] is contexts[1] is contexts[2]  # built once: ~0.7 MB and ~13 ms each
     assert contexts[3] is not contexts[0]  # a client certificate is the client's own
+
+
+async def test_clients_that_verify_differently_never_share_a_tls_context(
+    endpoint: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    import ssl
+
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    from tests.support.certs import CertAuthority
+
+    url, _ = endpoint
+    config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(CertAuthority().pem)
+
+    async def context_of(verify: object, cfg: Any = config) -> Any:
+        async with get_session().create_client(
+            "kms",
+            region_name="us-east-1",
+            endpoint_url=url,
+            config=cfg,
+            verify=verify,
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+        ) as client:
+            # Through the proxy nothing answers; its context is made before that.
+            with contextlib.suppress(Exception):
+                await client.get_key_policy(KeyId="k", PolicyName="default")
+            return _tls_context(client)
+
+    unverified = await context_of(False)  # made first: it must not become the others'
+    verified = await context_of(None)
+    assert unverified is not verified
+    assert (unverified.verify_mode, unverified.check_hostname) == (ssl.CERT_NONE, False)
+    assert (verified.verify_mode, verified.check_hostname) == (ssl.CERT_REQUIRED, True)
+    pinned = await context_of(str(bundle))
+    assert pinned is not verified and len(pinned.get_ca_certs()) == 1
+    assert await context_of(str(bundle)) is pinned
+    bundle.write_bytes(CertAuthority().pem + CertAuthority().pem)  # rotated in place
+    rotated = await context_of(str(bundle))
+    assert rotated is not pinned and len(rotated.get_ca_certs()) == 2
+    proxied = config.merge(AioConfig(proxies={"http": "http://127.0.0.1:9"}))
+    assert await context_of(None, proxied) is not verified  # a proxy's client builds its own
 
 
 async def test_slimmed_models_keep_kms_and_sts_endpoints_and_operations() -> None:

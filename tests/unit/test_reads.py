@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -163,14 +164,30 @@ async def make_hot(reads: PolicyReads) -> None:
     await asyncio.gather(*readers)
 
 
-async def test_a_hot_keys_fetch_waits_the_window_so_later_readers_join_it() -> None:
-    reads = PolicyReads(cache_ttl=0, coalescing_window=0.05)
+def waits() -> float:
+    return float(metrics.read_coalescing_waits_total.labels("policy")._value.get())
+
+
+def in_window(reads: PolicyReads) -> Any:
+    """The fetch of ("arn", "default", "") while it waits out the window."""
+    flight = reads._flight._in_flight[("arn", "default", "")]
+    assert flight.go is not None, "not waiting"
+    return flight
+
+
+# The windows below are 30 s: a test ends in time only if the behaviour it names holds.
+
+
+async def test_a_hot_keys_fetch_waits_so_later_readers_join_and_a_hurried_one_sends_it() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
     await make_hot(reads)
     fetch = Fetch(at_once)
     readers = [await joined(reads, fetch) for _ in range(6)]  # one after another
-    assert fetch.calls == 0  # the leader is waiting out the window
+    assert fetch.calls == 0  # the leader waits out the window; the other five joined it
+    # A call with 1 s left cannot spend half of it waiting: it sends the fetch now.
+    readers.append(await joined(reads, fetch, deadline=time.monotonic() + 1.0))
     async with asyncio.timeout(5):
-        assert await asyncio.gather(*readers) == ["v1"] * 6
+        assert await asyncio.gather(*readers) == ["v1"] * 7
     assert fetch.calls == 1  # without the window each would have made its own
 
 
@@ -186,13 +203,9 @@ async def test_without_a_window_a_fetch_is_over_before_later_readers_arrive() ->
 async def test_a_key_read_one_call_at_a_time_never_waits() -> None:
     reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
     fetch = Fetch(at_once)
-    async with asyncio.timeout(5):  # one wait of the window would be 30 s
+    async with asyncio.timeout(5):
         for number in range(1, 4):
             assert await reads.read("arn", "default", fetch) == f"v{number}"
-
-
-def waits() -> float:
-    return float(metrics.read_coalescing_waits_total.labels("policy")._value.get())
 
 
 async def test_a_hot_key_cools_when_its_fetch_was_not_shared() -> None:
@@ -208,13 +221,64 @@ async def test_a_hot_key_cools_when_its_fetch_was_not_shared() -> None:
     assert waits() == before + 1  # not one of the later reads waited
 
 
-async def test_the_window_never_takes_more_than_half_of_the_callers_deadline() -> None:
-    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
+async def test_the_wait_takes_at_most_half_of_the_deadline_left_after_the_reserve() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0, reserve=0.05)
     await make_hot(reads)
     fetch = Fetch(at_once)
-    deadline = time.monotonic() + 0.2
-    async with asyncio.timeout(5):  # the window alone is 30 s
-        assert await (await joined(reads, fetch, deadline=deadline)) == "v1"
+    began = time.monotonic()
+    leader = await joined(reads, fetch, deadline=began + 0.45)
+    # Half of the 0.4 s left after the reserve is still left when the fetch goes out.
+    assert (began + 0.45 - 0.05) - in_window(reads).fetch_at > 0.1
+    async with asyncio.timeout(5):
+        assert await leader == "v1"
+    # With no more than the reserve left, a call does not wait at all.
+    await make_hot(reads)
+    before = waits()
+    assert await reads.read("arn", "default", fetch, deadline=time.monotonic() + 0.05) == "v2"
+    assert waits() == before
+
+
+@pytest.mark.parametrize("failure", ["cancelled", "its own deadline"])
+async def test_a_call_waits_out_one_window_at_most_however_often_leaders_fail(
+    failure: str,
+) -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
+    await make_hot(reads)
+
+    async def own_deadline(number: int) -> str:
+        raise DeadlineExceeded("the leader's own deadline")
+
+    leaders = [await joined(reads, Fetch(own_deadline))]
+    victim_fetch = Fetch(at_once)
+    victim = await joined(reads, victim_fetch)
+    for _ in range(9):  # more calls that would each lead, in turn, before the victim
+        leaders.append(await joined(reads, Fetch(own_deadline)))
+    flight = in_window(reads)
+    if failure == "cancelled":
+        leaders[0].cancel()
+    else:
+        flight.go.set()  # the leader's fetch goes out, and fails with its own deadline
+    async with asyncio.timeout(5):  # another window would be 30 s
+        assert await victim == "v1"
+    assert victim_fetch.calls == 1
+    for leader in leaders:
+        leader.cancel()
+    await asyncio.gather(*leaders, return_exceptions=True)
+
+
+async def test_a_write_during_the_window_leaves_later_readers_a_fetch_of_their_own() -> None:
+    reads = PolicyReads(cache_ttl=0, coalescing_window=30.0)
+    await make_hot(reads)
+    before_write = Fetch(at_once)
+    waiting = await joined(reads, before_write)
+    reads.invalidate("arn", "default")
+    after_write = Fetch(at_once)
+    later = await joined(reads, after_write, deadline=time.monotonic() + 1.0)
+    async with asyncio.timeout(5):
+        assert await later == "v1"
+    assert (after_write.calls, before_write.calls) == (1, 0)  # its own, not the waiting one
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
 
 
 async def test_hot_slots_are_remembered_within_a_bound() -> None:
