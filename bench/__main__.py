@@ -142,24 +142,21 @@ def scenario_full_path(args: argparse.Namespace) -> dict[str, Any]:
             repeated(args, lambda c=c: load("", c, args, "--direct-kms", url, *kms_pid))
             for c in args.concurrency
         ]
-        with process("bench.echo_server", "--kms", url) as (proc, ready):
-            target = f"127.0.0.1:{ready['port']}"
-            results["proxy"] = [
+
+        def each_concurrency(target: str, pid: int) -> list[dict[str, Any]]:
+            return [
                 repeated(
                     args,
-                    lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid), *kms_pid),
+                    lambda c=c: load(target, c, args, "--server-pid", str(pid), *kms_pid),
                 )
                 for c in args.concurrency
             ]
+
+        with process("bench.echo_server", "--kms", url) as (proc, ready):
+            results["proxy"] = each_concurrency(f"127.0.0.1:{ready['port']}", proc.pid)
         with process("bench.policy_server", "--kms", url) as (proc, ready):
             target = f"127.0.0.1:{ready['port']}"
-            results["service"] = [
-                repeated(
-                    args,
-                    lambda c=c, t=target: load(t, c, args, "--server-pid", str(proc.pid), *kms_pid),
-                )
-                for c in args.concurrency
-            ]
+            results["service"] = each_concurrency(target, proc.pid)
             results["service_hot"] = repeated(
                 args,
                 lambda t=target: load(

@@ -93,6 +93,19 @@ async def endpoint() -> AsyncIterator[tuple[str, list[str]]]:
         await runner.cleanup()
 
 
+def kms_client(session: Any, url: str, config: Any, region: str = "us-east-1", **kw: Any) -> Any:
+    """A KMS client of `session` on the local endpoint, with dummy credentials."""
+    return session.create_client(
+        "kms",
+        region_name=region,
+        endpoint_url=url,
+        config=config,
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        **kw,
+    )
+
+
 async def test_a_lightened_client_sends_the_same_user_agent_built_once(
     endpoint: tuple[str, list[str]],
 ) -> None:
@@ -102,14 +115,7 @@ async def test_a_lightened_client_sends_the_same_user_agent_built_once(
 
     url, seen = endpoint
     config = client_config(ClientConfig(region="us-east-1", regions=frozenset()))
-    async with get_session().create_client(
-        "kms",
-        region_name="us-east-1",
-        endpoint_url=url,
-        config=config,
-        aws_access_key_id="a",
-        aws_secret_access_key="b",
-    ) as client:
+    async with kms_client(get_session(), url, config) as client:
         await client.get_key_policy(KeyId="k", PolicyName="default")
         creator = client._user_agent_creator
         builds = 0
@@ -152,14 +158,7 @@ async def test_clients_share_one_tls_context_unless_they_present_a_certificate(
         (AioSession(), "us-east-1", config),  # as a member account's session is
         (get_session(), "us-east-1", with_cert),
     ):
-        async with session.create_client(
-            "kms",
-            region_name=region,
-            endpoint_url=url,
-            config=cfg,
-            aws_access_key_id="a",
-            aws_secret_access_key="b",
-        ) as client:
+        async with kms_client(session, url, cfg, region) as client:
             await client.get_key_policy(KeyId="k", PolicyName="default")
             contexts.append(_tls_context(client))
     assert contexts[0] is contexts[1] is contexts[2]  # built once: ~0.7 MB and ~13 ms each
@@ -182,15 +181,7 @@ async def test_clients_that_verify_differently_never_share_a_tls_context(
     bundle.write_bytes(CertAuthority().pem)
 
     async def context_of(verify: object, cfg: Any = config) -> Any:
-        async with get_session().create_client(
-            "kms",
-            region_name="us-east-1",
-            endpoint_url=url,
-            config=cfg,
-            verify=verify,
-            aws_access_key_id="a",
-            aws_secret_access_key="b",
-        ) as client:
+        async with kms_client(get_session(), url, cfg, verify=verify) as client:
             # Through the proxy nothing answers; its context is made before that.
             with contextlib.suppress(Exception):
                 await client.get_key_policy(KeyId="k", PolicyName="default")
