@@ -353,6 +353,7 @@ def test_every_reason_and_finding_code_in_the_code_is_documented() -> None:
         "INVALID_RESOURCE",
     }
     not_codes = {
+        "AWS_DATA_PATH",
         "AWS_DEFAULT_REGION",
         "AWS_REGION",
         "AWS_RAM",
