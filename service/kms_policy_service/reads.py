@@ -1,4 +1,5 @@
-"""Reads: single-flight for concurrent identical reads, and an optional short TTL cache.
+"""Reads: single-flight for concurrent identical reads (with a short coalescing window
+for hot keys), and an optional short TTL cache.
 
 Concurrent GetKeyPolicy calls for one key share one KMS fetch: a call joins the fetch
 in flight. A Put through this replica detaches that fetch (later calls start their
