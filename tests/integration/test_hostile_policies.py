@@ -175,6 +175,40 @@ async def test_a_policy_stored_with_a_surrogate_escape_stays_manageable(
 # -- principals -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "principal",
+    [
+        # Digits of another script: `\d` takes them; an account ID is ASCII. Read as an
+        # account, such a grant would also have slipped past the principal_accounts guardrail.
+        "arn:aws:iam::" + "\u0661" * 12 + ":root",
+        "arn:aws:sts::" + "\u0661" * 12 + ":assumed-role/r/s",
+        "arn:aws:iam::123456789012:role/r\u00f4le",  # IAM names are ASCII
+    ],
+)
+async def test_principals_in_other_scripts_are_refused_before_kms(
+    service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], principal: str
+) -> None:
+    policy = policy_for(
+        extra=[
+            {
+                "Sid": "Lookalike",
+                "Effect": "Allow",
+                "Principal": {"AWS": principal},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+            }
+        ]
+    )
+    reply = await service.stub.ValidateKeyPolicy(pb.ValidateKeyPolicyRequest(policy=policy))
+    assert [(f.code, f.path) for f in reply.findings] == [
+        ("INVALID_PRINCIPAL", "Statement[1].Principal.AWS")
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutKeyPolicy(pb.PutKeyPolicyRequest(key_id=key["Arn"], policy=policy))
+    assert details_of(caught.value).error_info.metadata["findingCode"] == "INVALID_PRINCIPAL"
+    assert "PutKeyPolicy" not in faults.operations()
+
+
 @pytest.mark.parametrize("rpc", ["Validate", "Put"])
 async def test_an_iam_group_is_not_a_principal(
     service: RunningService, faults: KmsFaultInjector, key: dict[str, Any], rpc: str

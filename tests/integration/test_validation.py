@@ -29,6 +29,8 @@ BAD_REQUESTS: list[tuple[str, Any, str, str, str | None]] = [
     ("Put", put(key_id=""), "INVALID_KEY_ID", "key_id", None),
     ("Put", put(key_id="fake-key-id"), "INVALID_KEY_ID", "key_id", None),
     ("Put", put(key_id="k" * 2049), "INVALID_KEY_ID", "key_id", None),
+    # an account ID in another script's digits is no account ID (not a "cross-account" key)
+    ("Put", put(key_id=KEY_ARN.replace(ACCOUNT, "\u0661" * 12)), "INVALID_KEY_ID", "key_id", None),
     (
         "Put",
         put(key_id=KEY_ARN.replace(ACCOUNT, "999999999999")),

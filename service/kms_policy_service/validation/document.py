@@ -45,22 +45,26 @@ _STATEMENT_KEYS = frozenset(
 _PRINCIPAL_TYPES = frozenset({"AWS", "Service", "Federated"})
 
 _PARTITION = r"aws|aws-cn|aws-us-gov"
+# IAM names and account IDs are ASCII (re.ASCII: `\w` and digits of no other script).
 _IAM_PRINCIPAL = re.compile(
-    rf"arn:(?:{_PARTITION}):iam::\d{{12}}:(?:root|(?:user|role)(?:/[\w+=,.@-]+)+)"
+    rf"arn:(?:{_PARTITION}):iam::[0-9]{{12}}:(?:root|(?:user|role)(?:/[\w+=,.@-]+)+)",
+    re.ASCII,
 )
 # KMS Developer Guide, "Key policies" (Principal): an IAM user group is not a valid
 # principal in any policy, so a statement naming one can never be written.
-_IAM_GROUP = re.compile(rf"arn:(?:{_PARTITION}):iam::\d{{12}}:group/.*", re.DOTALL)
+_IAM_GROUP = re.compile(rf"arn:(?:{_PARTITION}):iam::[0-9]{{12}}:group/.*", re.DOTALL)
 _STS_PRINCIPAL = re.compile(
-    rf"arn:(?:{_PARTITION}):sts::\d{{12}}:(?:assumed-role/[\w+=,.@-]+/[\w+=,.@-]+|federated-user/[\w+=,.@-]+)"
+    rf"arn:(?:{_PARTITION}):sts::[0-9]{{12}}:(?:assumed-role/[\w+=,.@-]+/[\w+=,.@-]+|federated-user/[\w+=,.@-]+)",
+    re.ASCII,
 )
 _SERVICE_PRINCIPAL = re.compile(r"[a-z0-9][a-z0-9.-]*\.amazonaws\.com(?:\.cn)?")
 _FEDERATED_PRINCIPAL = re.compile(
-    rf"(?:arn:(?:{_PARTITION}):iam::\d{{12}}:(?:saml-provider|oidc-provider)/[\w./:+=,@-]+"
-    r"|cognito-identity\.amazonaws\.com|www\.amazon\.com|graph\.facebook\.com|accounts\.google\.com)"
+    rf"(?:arn:(?:{_PARTITION}):iam::[0-9]{{12}}:(?:saml-provider|oidc-provider)/[\w./:+=,@-]+"
+    r"|cognito-identity\.amazonaws\.com|www\.amazon\.com|graph\.facebook\.com|accounts\.google\.com)",
+    re.ASCII,
 )
 _ACTION = re.compile(r"kms:[A-Za-z*?]+", re.IGNORECASE)
-_RESOURCE = re.compile(rf"arn:(?:{_PARTITION}|\*):kms:[a-z0-9*?-]*:[\d*?]*:key/[\w*?-]+")
+_RESOURCE = re.compile(rf"arn:(?:{_PARTITION}|\*):kms:[a-z0-9*?-]*:[0-9*?]*:key/[\w*?-]+", re.ASCII)
 _KEY_RESOURCE_ANY = re.compile(r"arn:[^:]*:kms:[^:]*:[^:]*:key/.+")
 
 # IAM User Guide, "Condition operators".

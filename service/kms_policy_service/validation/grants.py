@@ -21,7 +21,7 @@ from kms_policy_service.validation.wildcards import WildcardTexts
 
 ALL_KMS_ACTIONS = frozenset(f"kms:{a}".lower() for a in KMS_ACTIONS)
 _ACTION_TEXTS = WildcardTexts(sorted(ALL_KMS_ACTIONS), ignore_case=True)
-_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:(?:iam|sts)::(\d{12}):.+", re.DOTALL)
+_ARN_ACCOUNT = re.compile(r"arn:[\w-]+:(?:iam|sts)::([0-9]{12}):.+", re.DOTALL)
 
 
 @dataclass(frozen=True)

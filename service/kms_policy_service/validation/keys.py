@@ -21,7 +21,7 @@ _KEY_ID = rf"(?:{_UUID}|mrk-[0-9a-fA-F]{{32}})"
 _ALIAS = r"alias/[a-zA-Z0-9/_-]{1,250}"
 _ARN_PREFIX = (
     r"arn:(?P<partition>aws|aws-cn|aws-us-gov):kms:"
-    r"(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):(?P<account>\d{12}):"
+    r"(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]):(?P<account>[0-9]{12}):"
 )
 
 KEY_ID_RE = re.compile(_KEY_ID)

@@ -23,9 +23,9 @@ PUT_KEY_POLICY = "kms:PutKeyPolicy"
 _PUT_KEY_POLICY = WildcardTexts((PUT_KEY_POLICY,), ignore_case=True)
 
 _ASSUMED_ROLE = re.compile(
-    r"arn:(?P<partition>[\w-]+):sts::(?P<account>\d{12}):assumed-role/(?P<role>[^/]+)/(?P<session>.+)"
+    r"arn:(?P<partition>[\w-]+):sts::(?P<account>[0-9]{12}):assumed-role/(?P<role>[^/]+)/(?P<session>.+)"
 )
-_STS_USER = re.compile(r"arn:(?P<partition>[\w-]+):sts::(?P<account>\d{12}):user/(?P<name>.+)")
+_STS_USER = re.compile(r"arn:(?P<partition>[\w-]+):sts::(?P<account>[0-9]{12}):user/(?P<name>.+)")
 
 
 @dataclass(frozen=True)

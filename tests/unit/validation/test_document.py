@@ -41,6 +41,12 @@ def doc(*statements: dict[str, Any], **top: Any) -> str:
     return json.dumps(d, ensure_ascii=False)
 
 
+def escaped(text: str) -> str:
+    """The same policy with every non-ASCII character as a JSON escape (which KMS's
+    character set admits: the characters only appear once the JSON is parsed)."""
+    return json.dumps(json.loads(text))
+
+
 def errors(text: str) -> list[tuple[str, str]]:
     return [(f.code, f.path) for f in parse_policy(text).findings if f.severity is Severity.ERROR]
 
@@ -112,6 +118,18 @@ def test_the_seed_example_policy_is_clean() -> None:
             [("INVALID_PRINCIPAL", "Statement[0].Principal.AWS")],
         ),
         (
+            escaped(
+                doc(
+                    statement(
+                        Principal={
+                            "Federated": "arn:aws:iam::" + "\u0661" * 12 + ":saml-provider/x"
+                        }
+                    )
+                )
+            ),
+            [("INVALID_PRINCIPAL", "Statement[0].Principal.Federated")],
+        ),
+        (
             doc(statement(Principal={"AWS": [ROOT, "arn:aws-cn:iam::111122223333:group/a/b"]})),
             [("INVALID_PRINCIPAL", "Statement[0].Principal.AWS[1]")],
         ),
@@ -146,6 +164,10 @@ def test_the_seed_example_policy_is_clean() -> None:
         (
             doc(statement(Resource="arn:aws:s3:::bucket")),
             [("NEVER_MATCHES", "Statement[0].Resource")],
+        ),
+        (
+            escaped(doc(statement(Resource="arn:aws:kms:us-east-1:" + "\u0661" * 12 + ":key/*"))),
+            [("NEVER_MATCHES", "Statement[0].Resource")],  # no key's ARN has such digits
         ),
         (
             doc(statement(Resource=None, NotResource="*")),

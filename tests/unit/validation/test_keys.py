@@ -10,6 +10,8 @@ from kms_policy_service.validation import KeyKind, check_key_scope, parse_key_id
 UUID = "1234abcd-12ab-34cd-56ef-1234567890ab"
 MRK = "mrk-1234abcd12ab34cd56ef1234567890ab"
 
+OTHER_DIGITS = "\u0661" * 12  # digits to `\d`, not an account ID
+
 
 @pytest.mark.parametrize(
     ("raw", "kind", "region", "account"),
@@ -59,6 +61,8 @@ def test_accepted_forms(raw: str, kind: KeyKind, region: str | None, account: st
         "alias/",
         "alias/has space",
         f"arn:aws:kms:us-east-2:11112222333:key/{UUID}",  # 11-digit account
+        f"arn:aws:kms:us-east-2:{OTHER_DIGITS}:key/{UUID}",  # other scripts' digits
+        f"arn:aws:kms:us-east-\u0662:111122223333:key/{UUID}",
         f"arn:aws:s3:us-east-2:111122223333:key/{UUID}",
         f"arn:other:kms:us-east-2:111122223333:key/{UUID}",
         "x" * 2049,
