@@ -280,7 +280,6 @@ def write_sdk_data(directory: Path) -> None:
     session = get_session()
     _slim_models(session)
     loader = session.get_component("data_loader")
-    directory.mkdir(parents=True, exist_ok=True)
     _write_json(directory / "endpoints.json", loader.load_data("endpoints"))
     for name in SERVICES:
         version = loader.determine_latest_version(name, "service-2")

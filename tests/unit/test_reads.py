@@ -11,7 +11,7 @@ import pytest
 
 from kms_policy_service import metrics
 from kms_policy_service.errors import DeadlineExceeded, Unavailable
-from kms_policy_service.reads import MAX_HOT_SLOTS, PolicyReads, SingleFlight
+from kms_policy_service.reads import MAX_HOT_SLOTS, PolicyReads
 
 
 class Fetch:
@@ -31,14 +31,14 @@ class Fetch:
 
 
 async def joined(
-    reads: PolicyReads, fetch: Fetch, *, deadline: float | None = None
+    reads: PolicyReads, fetch: Fetch, *, deadline: float | None = None, key: str = "arn"
 ) -> asyncio.Future[str]:
     """Start a reader and return once it has run up to its first wait (joined or fetching)."""
     entered = asyncio.Event()
 
     async def reader() -> str:
         entered.set()  # no await between this and the read: it runs on in the same step
-        return await reads.read("arn", "default", fetch, deadline=deadline)
+        return await reads.read(key, "default", fetch, deadline=deadline)
 
     task = asyncio.ensure_future(reader())
     await entered.wait()  # our wake-up is queued behind the rest of the reader's step
@@ -156,10 +156,11 @@ async def at_once(number: int) -> str:
     return f"v{number}"  # answers without yielding, as a fetch on a busy loop nearly does
 
 
-async def make_hot(reads: PolicyReads) -> None:
+async def make_hot(reads: PolicyReads, key: str = "arn") -> None:
     """Two concurrent reads share one fetch: the slot is now hot."""
     gated = Fetch()
-    readers = [await joined(reads, gated) for _ in range(2)]
+    readers = [await joined(reads, gated, key=key) for _ in range(2)]
+    assert gated.calls == 1  # the second joined the first
     gated.gate.set()
     await asyncio.gather(*readers)
 
@@ -282,12 +283,7 @@ async def test_a_write_during_the_window_leaves_later_readers_a_fetch_of_their_o
 
 
 async def test_hot_slots_are_remembered_within_a_bound() -> None:
-    flight: SingleFlight[str] = SingleFlight("policy", window=0.05)
+    reads = PolicyReads(cache_ttl=0, coalescing_window=0.05)
     for number in range(MAX_HOT_SLOTS + 50):
-        gated = Fetch()
-        slot = (f"arn-{number}", "default", "")
-        readers = [asyncio.ensure_future(flight.read(slot, gated)) for _ in range(2)]
-        await asyncio.sleep(0)
-        gated.gate.set()
-        await asyncio.gather(*readers)
-    assert len(flight._hot) == MAX_HOT_SLOTS
+        await make_hot(reads, key=f"arn-{number}")  # a first read of each: no window
+    assert len(reads._flight._hot) == MAX_HOT_SLOTS
